@@ -48,8 +48,7 @@ def test_steer_saves_the_steered_model_as_an_hf_folder(smoke_cfg):
     steer_recipe.run(cfg)
     folder = Path(cfg.output_dir) / "steered_model_k=-2"
     saved = AutoModelForCausalLM.from_pretrained(folder)
-    vector = WeightVector.load(next(Path(cfg.paths.cache_dir).glob("vectors/**/vector.safetensors")))
-    from tests.conftest import CONF  # noqa: F401  (keeps the import graph explicit)
+    vector = WeightVector.load(next(Path(cfg.paths.cache_dir).glob("vectors/**/contrastive.safetensors")))
     from wsteer.models import build_tiny_model, build_tiny_tokenizer
 
     base = build_tiny_model(cfg.model, len(build_tiny_tokenizer()))
@@ -66,3 +65,13 @@ def test_evaluate_runs_on_the_base_model_and_with_a_vector(smoke_cfg):
     assert "eval/heldout_tone/mean_words@k=0" in base
     steered = evaluate_recipe.run(smoke_cfg("evaluate", [f"vector={vec}", "k=-2"]))
     assert "eval/heldout_tone/mean_words@k=-2" in steered
+
+
+def test_stage_data_samples_only_and_copies_the_dataset(smoke_cfg, tmp_path):
+    dest = tmp_path / "shipped" / "pairs"
+    metrics = train_recipe.run(smoke_cfg("train", ["stage=data", f"pairs_out={dest}"]))
+    from wsteer.data.pairs import load_pairs
+
+    dd, manifest = load_pairs(dest)
+    assert metrics["data/count_pos"] == len(dd["pos"]) == manifest["counts"]["pos"]
+    assert not list(Path(tmp_path / "cache").glob("vectors/**/*.safetensors"))  # no training happened

@@ -167,3 +167,28 @@ def fingerprint(model: torch.nn.Module) -> str:
         h.update(f"{name}:{tuple(p.shape)}".encode())
         h.update(sample.tobytes())
     return h.hexdigest()
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The list of decoder blocks (Llama, Qwen2, Mistral, Gemma: `model.layers`; GPT-2: `transformer.h`)."""
+    for path in ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise WsteerError(f"cannot find the decoder layers of {type(model).__name__}; add its path to decoder_layers()")
+
+
+def mlp_output_projections(model) -> list[tuple[str, torch.nn.Linear]]:
+    """`(module name, module)` of every layer's MLP output projection, in layer order (bias-only steering)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for layer in decoder_layers(model):
+        proj = getattr(getattr(layer, "mlp", None), "down_proj", None) or getattr(getattr(layer, "mlp", None), "c_proj", None)
+        if proj is None:
+            raise WsteerError(f"cannot find the MLP output projection in {type(layer).__name__}")
+        out.append((names[id(proj)], proj))
+    return out

@@ -1,9 +1,11 @@
-"""Weight vectors stored as low-rank factors: w = τ⁺ − τ⁻ (paper §1) is exactly a rank-2r update per module.
+"""Steering artifacts on disk: safetensors (no pickle) with the manifest in the header metadata.
 
-For a LoRA pair with ΔW± = s·B± @ A±, the contrastive vector is
+`WeightVector` stores weight deltas as low-rank factors. w = τ⁺ − τ⁻ (paper §1) is exactly a rank-2r update
+per module: for a LoRA pair with ΔW± = s·B± @ A±,
     w = [s·B⁺, −s·B⁻] @ [A⁺; A⁻],
 so it is stored as one (B, A) pair per weight matrix: no dense materialisation, 2r columns per module.
-Files are safetensors (no pickle) with the manifest in the header metadata.
+`DenseVector` stores small dense tensors by name: bias deltas per MLP (bias-only steering) and per-layer
+mean-activation differences (activation steering).
 """
 
 from __future__ import annotations
@@ -14,20 +16,53 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from wsteer.artifacts import atomic_path
 from wsteer.errors import WsteerError
 
-FORMAT = "wsteer.weight_vector/1"
 REQUIRED_MANIFEST = ("base_model", "base_fingerprint", "behavior", "method")
+
+
+def _save(tensors: dict[str, torch.Tensor], manifest: dict, fmt: str, path: str | Path) -> Path:
+    path = Path(path)
+    meta = {"format": fmt, "manifest": json.dumps(manifest, sort_keys=True, default=str)}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    return path
+
+
+def _load(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise WsteerError(f"vector file {path} does not exist; drop `vector=` to build or reuse the cached vector, "
+                          "or point it at a .safetensors file written by wsteer")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WsteerError(f"{path} is not a readable safetensors vector ({e}); it may be truncated or corrupt — "
+                          "rebuild it with `python train.py`") from e
+    if meta.get("format") != fmt:
+        raise WsteerError(f"{path} is not a wsteer {fmt.split('/')[0].split('.')[-1].replace('_', ' ')} "
+                          f"(format {meta.get('format')!r}, want {fmt!r})")
+    try:
+        manifest = json.loads(meta["manifest"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise WsteerError(f"{path} has no readable manifest; rebuild it with `python train.py`") from e
+    missing = [k for k in REQUIRED_MANIFEST if k not in manifest]
+    if missing:
+        raise WsteerError(f"{path}: manifest lacks {', '.join(missing)}; rebuild it with `python train.py`")
+    return tensors, manifest
 
 
 @dataclass
 class WeightVector:
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # param name -> (B, A), delta = B @ A
     manifest: dict = field(default_factory=dict)
+    FORMAT = "wsteer.weight_vector/1"
 
     @classmethod
     def contrastive(cls, pos: dict, neg: dict, manifest: dict) -> WeightVector:
@@ -36,6 +71,10 @@ class WeightVector:
             raise WsteerError("the pos and neg adapters cover different modules; train both with the same adapter config")
         factors = {n: (torch.cat([pos[n][0], -neg[n][0]], dim=1), torch.cat([pos[n][1], neg[n][1]], dim=0)) for n in pos}
         return cls(factors, manifest)
+
+    def scaled(self, c: float, **manifest_updates) -> WeightVector:
+        """c·w (e.g. −τ⁻ for `task_vector_neg`), with the same factors' A and B scaled."""
+        return WeightVector({n: (b * c, a) for n, (b, a) in self.factors.items()}, {**self.manifest, **manifest_updates})
 
     def delta(self, name: str) -> torch.Tensor:
         b, a = self.factors[name]
@@ -49,40 +88,15 @@ class WeightVector:
         return math.sqrt(max(total, 0.0))
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
         tensors = {}
         for name, (b, a) in self.factors.items():
-            tensors[f"{name}::B"] = b.contiguous()
-            tensors[f"{name}::A"] = a.contiguous()
-        meta = {"format": FORMAT, "manifest": json.dumps(self.manifest, sort_keys=True, default=str)}
-        with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return path
+            tensors[f"{name}::B"] = b
+            tensors[f"{name}::A"] = a
+        return _save(tensors, self.manifest, self.FORMAT, path)
 
     @classmethod
     def load(cls, path: str | Path) -> WeightVector:
-        path = Path(path)
-        if not path.is_file():
-            raise WsteerError(f"vector file {path} does not exist; drop `vector=` to build or reuse the cached vector, "
-                              "or point it at a .safetensors file written by wsteer")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise WsteerError(f"{path} is not a readable safetensors vector ({e}); it may be truncated or corrupt — "
-                              "rebuild it with `python train.py`") from e
-        if meta.get("format") != FORMAT:
-            raise WsteerError(f"{path} is not a wsteer weight vector (format {meta.get('format')!r}, want {FORMAT!r})")
-        try:
-            manifest = json.loads(meta["manifest"])
-        except (KeyError, json.JSONDecodeError) as e:
-            raise WsteerError(f"{path} has no readable manifest; rebuild it with `python train.py`") from e
-        missing = [k for k in REQUIRED_MANIFEST if k not in manifest]
-        if missing:
-            raise WsteerError(f"{path}: manifest lacks {', '.join(missing)}; rebuild it with `python train.py`")
+        tensors, manifest = _load(path, cls.FORMAT)
         factors = {}
         for key in tensors:
             if key.endswith("::B"):
@@ -91,3 +105,21 @@ class WeightVector:
                     raise WsteerError(f"{path}: factor A of {name} is missing; the file is incomplete — rebuild it")
                 factors[name] = (tensors[key], tensors[f"{name}::A"])
         return cls(factors, manifest)
+
+
+@dataclass
+class DenseVector:
+    tensors: dict[str, torch.Tensor]  # e.g. "model.layers.3.mlp.down_proj" -> Δb, or "12" -> a¹²
+    manifest: dict = field(default_factory=dict)
+    FORMAT = "wsteer.dense_vector/1"
+
+    def norm(self) -> float:
+        return math.sqrt(sum(float((t.double() ** 2).sum()) for t in self.tensors.values()))
+
+    def save(self, path: str | Path) -> Path:
+        return _save(self.tensors, self.manifest, self.FORMAT, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DenseVector:
+        tensors, manifest = _load(path, cls.FORMAT)
+        return cls(tensors, manifest)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -130,6 +131,7 @@ def ensure_pairs(cfg: DictConfig, model, tokenizer, behavior: Behavior, fingerpr
     n = len(behavior.build_questions) * cfg.sampling.n_samples
     print(f"wsteer: sampling D+/D- with the target model ({n * len(behavior.pos_system_prompts)} answers per side)")
     rows = sample_pairs(model, tokenizer, behavior, cfg.sampling)
-    manifest = {"key": key, "model": cfg.model.path, "behavior_version": behavior.version}
+    manifest = {"key": key, "model": cfg.model.path, "behavior_version": behavior.version,
+                "command": " ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]])}
     save_pairs(rows, cached, manifest)
     return load_pairs(cached)

@@ -13,27 +13,30 @@ from wsteer.errors import WsteerError
 IGNORE = -100
 
 
-def tokenize_example(tokenizer, question: str, response: str, max_length: int) -> dict[str, list[int]] | None:
-    """Token ids and labels for one (question, response) pair with the system prompt stripped (paper §1).
+def tokenize_example(tokenizer, question: str, response: str, max_length: int,
+                     system: str | None = None) -> dict[str, list[int]] | None:
+    """Token ids, labels and a response mask for one (question, response) pair.
 
-    The chat template's own default system message (SmolLM2 and Qwen inject one) stays, exactly as it will
-    be at inference when no system prompt is given. Prompt tokens are masked out of the loss. Returns None
-    when the prompt alone fills `max_length` (no answer token would be trained).
+    Training data strips the system prompt (paper §1): `system=None` keeps only the chat template's own default
+    system message (SmolLM2 and Qwen inject one), exactly as at inference without a system prompt. Activation
+    collection passes the eliciting `system` prompt (persona-vectors recipe). Prompt tokens are masked out of
+    the loss; `response_mask` marks the answer's own tokens (not the end-of-turn markers). Returns None when the
+    prompt alone fills `max_length` (no answer token would be trained).
     """
-    user = [{"role": "user", "content": question}]
-    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
     if not full.startswith(prompt):
         raise WsteerError("the tokenizer's chat template does not render the prompt as a prefix of the full chat")
     p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    ids = tokenizer(full, add_special_tokens=False).input_ids
-    if ids[: len(p_ids)] != p_ids:  # token boundary moved at the prompt/answer seam: tokenize the parts apart
-        ids = p_ids + tokenizer(full[len(prompt) :], add_special_tokens=False).input_ids
+    rest = tokenizer(full[len(prompt) :], add_special_tokens=False).input_ids
+    n_answer = len(tokenizer(response, add_special_tokens=False).input_ids) if response else 0
     if len(p_ids) >= max_length:
         return None
-    ids = ids[:max_length]
-    labels = [IGNORE] * min(len(p_ids), len(ids)) + ids[len(p_ids) :]
-    return {"input_ids": ids, "labels": labels}
+    ids = (p_ids + rest)[:max_length]
+    labels = [IGNORE] * len(p_ids) + ids[len(p_ids) :]
+    mask = [0] * len(p_ids) + [1] * min(n_answer, len(rest)) + [0] * max(len(rest) - n_answer, 0)
+    return {"input_ids": ids, "labels": labels, "response_mask": mask[: len(ids)]}
 
 
 def collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -41,12 +44,14 @@ def collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Te
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
+    response = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         n = len(r["input_ids"])
         ids[i, :n] = torch.tensor(r["input_ids"])
         labels[i, :n] = torch.tensor(r["labels"])
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        response[i, :n] = torch.tensor(r["response_mask"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "response_mask": response}
 
 
 def split_rows(rows: list, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -67,7 +72,7 @@ class PairedDataModule(L.LightningDataModule):
     """
 
     def __init__(self, tokenizer, data: dict[str, list[dict]], *, batch_size: int, max_length: int,
-                 val_fraction: float = 0.05, seed: int = 0):
+                 val_fraction: float = 0.05, seed: int = 0, with_system: bool = False):
         super().__init__()
         self.sides = list(data)
         self.batch_size = batch_size
@@ -75,7 +80,8 @@ class PairedDataModule(L.LightningDataModule):
         self.train_rows, self.val_rows = {}, {}
         self.dropped = {}
         for side, rows in data.items():
-            tok = [tokenize_example(tokenizer, r["question"], r["response"], max_length) for r in rows]
+            tok = [tokenize_example(tokenizer, r["question"], r["response"], max_length,
+                                    system=r.get("system_prompt") if with_system else None) for r in rows]
             kept = [t for t in tok if t is not None]
             self.dropped[side] = len(tok) - len(kept)
             if not kept:
@@ -95,6 +101,10 @@ class PairedDataModule(L.LightningDataModule):
 
     def val_dataloader(self):
         return [self._loader(self.val_rows[s], shuffle=False) for s in self.sides]
+
+    def all_dataloaders(self):
+        """Every row of every side (train and validation), one dataloader per side: for activation means."""
+        return [self._loader(self.train_rows[s] + self.val_rows[s], shuffle=False) for s in self.sides]
 
     def train_tokens(self) -> int:
         return sum(len(r["input_ids"]) for rows in self.train_rows.values() for r in rows)

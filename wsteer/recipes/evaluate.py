@@ -6,28 +6,28 @@ held-out answers, their tone metrics and a W&B table.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from wsteer.artifacts import write_text
-from wsteer.config import instantiate
 from wsteer.evaluation.lexical import tone_metrics
 from wsteer.recipes._common import prepare
-from wsteer.recipes.steer import answer_heldout, parse_ks
+from wsteer.recipes.steer import answer_heldout, load_artifact, load_steerer, parse_ks
 from wsteer.report import steering_report
 from wsteer.tracking import log_generations, start_run
-from wsteer.vectors import WeightVector
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     ks = parse_ks(cfg.k)
-    vector = WeightVector.load(cfg.vector) if cfg.vector else None  # fail on a bad file before the model load
+    if cfg.vector:
+        load_artifact(Path(cfg.vector))  # fail on a bad file before the model load
     ctx = prepare(cfg)
     wb = start_run(cfg, "evaluate")
     try:
         steerer = None
-        if vector is not None:
-            steerer = instantiate(cfg.method, vector=vector)
-            steerer.check_compatible(ctx.model, ctx.fingerprint, allow_transfer=cfg.allow_transfer)
+        if cfg.vector:
+            steerer, _, _ = load_steerer(ctx)
         else:
             ks = [0.0]
         answers = answer_heldout(ctx, steerer, ks)

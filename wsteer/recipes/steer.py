@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
@@ -13,11 +15,11 @@ from wsteer.evaluation.lexical import VERSION as LEXICAL_VERSION
 from wsteer.evaluation.lexical import tone_metrics
 from wsteer.generation import generate
 from wsteer.recipes._common import Context, prepare
-from wsteer.recipes.train import ensure_vector
+from wsteer.recipes.train import ensure_artifacts
 from wsteer.report import steering_report
 from wsteer.steering.weight import check_k
 from wsteer.tracking import log_generations, start_run
-from wsteer.vectors import WeightVector
+from wsteer.vectors import DenseVector, WeightVector
 
 
 def parse_ks(k) -> list[float]:
@@ -30,42 +32,62 @@ def parse_ks(k) -> list[float]:
 
 def answer_heldout(ctx: Context, steerer, ks: list[float]) -> dict[float, list[str]]:
     """Greedy answers to the behavior's held-out questions at each k (system prompt stripped, as in training)."""
-    convs = [[{"role": "user", "content": q}] for q in ctx.behavior.heldout_questions]
     answers = {}
     for k in ks:
-        with ctx.timed("generate"):
-            ctx_mgr = steerer.apply(ctx.model, k) if steerer is not None else _nullctx(ctx.model)
-            with ctx_mgr:
-                outs = generate(ctx.model, ctx.tokenizer, convs, max_new_tokens=ctx.cfg.eval.max_new_tokens,
-                                batch_size=ctx.cfg.eval.batch_size, desc=f"generate k={k:g}")
+        convs = [[{"role": "user", "content": q}] for q in ctx.behavior.heldout_questions]
+        if steerer is not None:
+            convs = [steerer.conversation(c, k) for c in convs]
+        with ctx.timed("generate"), (steerer.apply(ctx.model, k) if steerer is not None else nullcontext()):
+            outs = generate(ctx.model, ctx.tokenizer, convs, max_new_tokens=ctx.cfg.eval.max_new_tokens,
+                            batch_size=ctx.cfg.eval.batch_size, desc=f"generate k={k:g}")
         answers[k] = [o["text"] for o in outs]
     return answers
 
 
-class _nullctx:
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        return self.model
-
-    def __exit__(self, *exc):
-        return False
+METHOD_KEYS = ("source", "which")  # how a method's inputs are built, not constructor arguments
 
 
 def load_steerer(ctx: Context, run=None):
-    cfg = ctx.cfg
-    if cfg.vector:
-        vector, path, built = WeightVector.load(cfg.vector), cfg.vector, False
+    """Build the configured method's steerer from a given `vector=` file or the cached/built artifacts."""
+    cfg, m = ctx.cfg, ctx.cfg.method
+    path, built = None, False
+    if m.source == "none":  # prompt-level baseline: nothing to build
+        kwargs = {"pos_prompts": ctx.behavior.pos_system_prompts, "neg_prompts": ctx.behavior.neg_system_prompts}
     else:
-        vector, path, built = ensure_vector(ctx, run)
-    steerer = instantiate(cfg.method, vector=vector)
+        if cfg.vector:
+            path = Path(cfg.vector)
+            arts = {m.get("which") or m.source: load_artifact(path)}
+        else:
+            arts, path, built = ensure_artifacts(ctx, m.source, run)
+        if m.source == "finetune":
+            kwargs = {"checkpoints": arts}
+        else:
+            vector = arts[m.get("which") or m.source]
+            if m.get("which") == "neg" and not cfg.vector:
+                vector = vector.scaled(-1.0, variant="minus_tau_neg")  # θ − k·τ⁻
+            kwargs = {"vector": vector}
+    steerer = instantiate(m, exclude=METHOD_KEYS, **kwargs)
     steerer.check_compatible(ctx.model, ctx.fingerprint, allow_transfer=cfg.allow_transfer)
     return steerer, path, built
 
 
+def load_artifact(path: Path):
+    """A saved vector of either kind, told apart by the format in its header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+    except Exception:  # missing or corrupt: let the loader produce its clear message
+        fmt = None
+    return DenseVector.load(path) if fmt == DenseVector.FORMAT else WeightVector.load(path)
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     ks = parse_ks(cfg.k)  # fail on a bad k before loading anything
+    if cfg.save_model and cfg.method.source not in ("lora", "finetune"):
+        raise WsteerError(f"save_model=true needs a weight-space method (weight, task_vector_*, finetune); "
+                          f"method={cfg.method.name} steers with hooks or prompts, which a saved model cannot hold")
     t_start = time.perf_counter()
     ctx = prepare(cfg)
     wb = start_run(cfg, "steer")
@@ -74,16 +96,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
         sweep = [0.0] + [k for k in dict.fromkeys(ks) if k != 0]
         answers = answer_heldout(ctx, steerer, sweep)
         metrics = {k: tone_metrics(a, answers[0.0]) for k, a in answers.items()}
-        man = steerer.vector.manifest
+        man = steerer.manifest
         sched = man.get("schedule", {})
         meta = {
             "model": f"{cfg.model.path} (fingerprint {ctx.fingerprint})",
             "behavior": f"{ctx.behavior.name} (v{ctx.behavior.version}), {len(ctx.behavior.heldout_questions)} held-out questions",
-            "method": f"{steerer.name}: θ + k·w, w = τ⁺ − τ⁻, ‖w‖ = {man.get('norm', float('nan')):.4g}",
-            "vector": f"{vpath} ({'built in this run' if built else 'reused'})",
+            "method": steerer.describe(),
+            "vector": f"{vpath} ({'built in this run' if built else 'reused'})" if vpath else "none",
             "vector built with": (f"trainer={sched.get('name')} ({sched.get('steps')} steps × batch {sched.get('batch_size')}, "
                                   f"lr {sched.get('lr')}, max length {sched.get('max_length')}), LoRA r{man['lora']['r']} "
-                                  f"α{man['lora']['alpha']}, data {man.get('data_counts')}") if sched else "unknown",
+                                  f"α{man['lora']['alpha']}, data {man.get('data_counts')}") if sched
+            else f"{man.get('method', 'n/a')} from data {man.get('data_counts', 'n/a')}",
             "decoding": f"greedy, ≤ {cfg.eval.max_new_tokens} new tokens, no system prompt",
         }
         notes = [f"Tone metrics are lexical markers (v{LEXICAL_VERSION}), a quick heuristic, not a judge."]

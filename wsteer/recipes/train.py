@@ -1,4 +1,12 @@
-"""train.py: sample (or reuse) D⁺/D⁻, fine-tune the paired LoRAs, and save w = τ⁺ − τ⁻ (paper §1–2)."""
+"""train.py: sample (or reuse) D⁺/D⁻, then build a steering artifact from them (paper §1–2).
+
+Sources (`source=`):
+- `lora`: paired LoRA fine-tunes → τ⁺, τ⁻ and the contrastive weight vector w = τ⁺ − τ⁻ (default);
+- `bias`: paired bias-only fine-tunes of every MLP output projection → Δb = b⁺ − b⁻;
+- `activation`: per-layer mean activation differences over response tokens → aˡ;
+- `finetune`: the paired LoRA fine-tunes with their weights saved every `finetune.checkpoint_every` steps
+  (the fine-tuning baseline's checkpoint curve).
+"""
 
 from __future__ import annotations
 
@@ -15,109 +23,207 @@ from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
 from wsteer.errors import WsteerError
 from wsteer.recipes._common import Context, prepare
+from wsteer.steering.activation import ActivationCollector
 from wsteer.tracking import start_run
-from wsteer.training.paired import PairedLoRAModule, lora_factors
-from wsteer.vectors import WeightVector
+from wsteer.training.paired import BiasPair, LoraPair, PairedModule
+from wsteer.vectors import DenseVector, WeightVector
 
 MIN_EXAMPLES = 4  # per side; fewer cannot give both a training and a validation split worth the name
+SOURCES = ("lora", "bias", "activation", "finetune")
 
 
-def vector_path(cfg: DictConfig, fp: str, data_hash: str) -> Path:
-    """Cache key: (base model fingerprint, behavior, method, data, training settings)."""
-    train_hash = stable_hash({"adapter": OmegaConf.to_container(cfg.adapter, resolve=True),
-                              "trainer": OmegaConf.to_container(cfg.trainer, resolve=True), "seed": cfg.seed}, 8)
+def _settings(cfg: DictConfig, source: str) -> dict:
+    """The settings that shape an artifact besides the data (part of its cache key)."""
+    c = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
+    if source == "activation":
+        return {"max_length": cfg.trainer.max_length}
+    s = {"trainer": c(cfg.trainer), "seed": cfg.seed}
+    if source in ("lora", "finetune"):
+        s["adapter"] = c(cfg.adapter)
+    if source == "bias":
+        s["bias"] = c(cfg.bias)
+    if source == "finetune":
+        s["finetune"] = c(cfg.finetune)
+    return s
+
+
+def artifact_dir(cfg: DictConfig, fp: str, data_hash: str, source: str) -> Path:
+    """Cache key: (base model fingerprint, behavior, source, data, settings)."""
     return (Path(cfg.paths.cache_dir).expanduser() / "vectors" / f"{cfg.model.name}-{fp[:12]}" / cfg.behavior.name
-            / "weight" / f"{data_hash[:12]}-{train_hash}" / "vector.safetensors")
+            / source / f"{data_hash[:12]}-{stable_hash(_settings(cfg, source), 8)}")
 
 
-def train_vector(ctx: Context, pairs, data_manifest: dict, run=None) -> WeightVector:
-    """Fit the `pos` and `neg` LoRAs on D⁺/D⁻ with one base model and return their contrastive weight vector."""
-    cfg, t = ctx.cfg, ctx.cfg.trainer
+def _manifest(ctx: Context, source: str, data_manifest: dict, **extra) -> dict:
+    return {
+        "base_model": ctx.cfg.model.path,
+        "model_name": ctx.cfg.model.name,
+        "base_fingerprint": ctx.fingerprint,
+        "behavior": ctx.behavior.name,
+        "behavior_version": ctx.behavior.version,
+        "method": source,
+        "settings": _settings(ctx.cfg, source),
+        "data_hash": data_manifest["data_hash"],
+        "data_counts": data_manifest["counts"],
+        "data_key": data_manifest["key"],
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+
+
+def _datamodule(ctx: Context, pairs, with_system: bool = False) -> PairedDataModule:
     counts = {s: len(pairs[s]) for s in SIDES}
     if min(counts.values()) < MIN_EXAMPLES:
         raise WsteerError(f"too little data to train: {counts} examples (need ≥ {MIN_EXAMPLES} per side); "
                           "raise sampling.n_samples or relax the judge thresholds")
-    dm = PairedDataModule(ctx.tokenizer, {s: list(pairs[s]) for s in SIDES}, batch_size=t.batch_size,
-                          max_length=t.max_length, val_fraction=t.val_fraction, seed=cfg.seed)
-    module = PairedLoRAModule(ctx.model, cfg.adapter, lr=t.lr, weight_decay=t.weight_decay,
-                              warmup_steps=t.warmup_steps, total_steps=t.steps, grad_clip=t.grad_clip)
+    t = ctx.cfg.trainer
+    return PairedDataModule(ctx.tokenizer, {s: list(pairs[s]) for s in SIDES}, batch_size=t.batch_size,
+                            max_length=t.max_length, val_fraction=t.val_fraction, seed=ctx.cfg.seed,
+                            with_system=with_system)
+
+
+def _trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None = None) -> L.Trainer:
+    t = ctx.cfg.trainer
     loggers = [CSVLogger(str(ctx.out_dir), name="train_log")]
     if run is not None:
         loggers.append(WandbLogger(experiment=run))
-    trainer = L.Trainer(
-        max_steps=t.steps * len(SIDES),  # manual optimization counts one step per optimizer, i.e. per side
-        val_check_interval=t.eval_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+    return L.Trainer(
+        max_steps=max_steps, val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         accelerator=t.accelerator, devices=1, precision=t.precision, logger=loggers, log_every_n_steps=1,
         enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(ctx.out_dir),
     )
+
+
+def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None) -> dict[str, object]:
+    """Fit one trainable parameter set per side on D⁺/D⁻ with one base model; return the artifacts."""
+    cfg, t = ctx.cfg, ctx.cfg.trainer
+    dm = _datamodule(ctx, pairs)
+    if source == "bias":
+        pair, lr = BiasPair(ctx.model, SIDES), cfg.bias.lr  # biases train fully, with their own LR (paper §1)
+    else:
+        pair, lr = LoraPair(ctx.model, cfg.adapter, SIDES), t.lr
+    every = cfg.finetune.checkpoint_every if source == "finetune" else None
+    module = PairedModule(ctx.model, pair, lr=lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+                          total_steps=t.steps, grad_clip=t.grad_clip, checkpoint_every=every)
+    # manual optimization counts one global step per optimizer, i.e. per side
+    trainer = _trainer(ctx, run, max_steps=t.steps * len(SIDES), val_every=t.eval_every)
     t0 = time.perf_counter()
-    trainer.validate(module, datamodule=dm, verbose=False)  # step 0: the untrained adapters' val loss
+    trainer.validate(module, datamodule=dm, verbose=False)  # step 0: the untrained sides' val loss
     trainer.fit(module, datamodule=dm)
     if module.history[-1]["step"] != t.steps:
         trainer.validate(module, datamodule=dm, verbose=False)
     ctx.timings["train"] = time.perf_counter() - t0
     for side in SIDES:
         ctx.timings[f"train_{side}"] = module.side_seconds[side]
-    best = module.restore_best()
     with ctx.timed("build_vector"):
-        factors = {s: lora_factors(module.model, s) for s in SIDES}
-        module.model.unload()  # drop the LoRA layers; the base weights were never modified
+        extra = {"val_history": module.history, "train_tokens": dm.train_tokens(), "dropped_too_long": dm.dropped}
+        out: dict[str, object] = {}
+        if source == "finetune":
+            for step, by_side in module.checkpoints.items():
+                for side in SIDES:
+                    m = _manifest(ctx, "finetune", data_manifest, side=side, step=step, **extra)
+                    out[f"{side}_step{step}"] = WeightVector({n: f for n, f in by_side[side].items()}, m)
+        else:
+            best = module.restore_best()
+            extra["best"] = best
+            exported = {s: pair.export(s) for s in SIDES}
+            if source == "bias":
+                delta = {n: exported["pos"][n] - exported["neg"][n] for n in exported["pos"]}
+                out["bias"] = DenseVector(delta, _manifest(ctx, "bias", data_manifest, **extra))
+            else:
+                m = _manifest(ctx, "lora", data_manifest, lora=OmegaConf.to_container(cfg.adapter, resolve=True),
+                              schedule=OmegaConf.to_container(t, resolve=True), **extra)
+                out["contrastive"] = WeightVector.contrastive(exported["pos"], exported["neg"], {**m, "variant": "contrastive"})
+                out["pos"] = WeightVector(exported["pos"], {**m, "variant": "tau_pos"})
+                out["neg"] = WeightVector(exported["neg"], {**m, "variant": "tau_neg"})
+                for v in out.values():
+                    v.manifest["norm"] = v.norm()
+        pair.remove()
         ctx.model.eval()
-        manifest = {
-            "base_model": cfg.model.path,
-            "model_name": cfg.model.name,
-            "base_fingerprint": ctx.fingerprint,
-            "behavior": ctx.behavior.name,
-            "behavior_version": ctx.behavior.version,
-            "method": "weight",
-            "variant": "contrastive",
-            "lora": OmegaConf.to_container(cfg.adapter, resolve=True),
-            "schedule": OmegaConf.to_container(t, resolve=True),
-            "data_hash": data_manifest["data_hash"],
-            "data_counts": counts,
-            "dropped_too_long": dm.dropped,
-            "data_key": data_manifest["key"],
-            "best": best,
-            "val_history": module.history,
-            "train_tokens": dm.train_tokens(),
-            "git_commit": git_commit(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        vector = WeightVector.contrastive(factors["pos"], factors["neg"], manifest)
-        vector.manifest["norm"] = vector.norm()
-    return vector
+    return out
 
 
-def ensure_vector(ctx: Context, run=None, force: bool = False) -> tuple[WeightVector, Path, bool]:
-    """Reuse the cached vector for (model, behavior, method, data, settings), or train and cache it."""
+def collect_activations(ctx: Context, pairs, data_manifest: dict) -> dict[str, object]:
+    """aˡ for every layer, via `Trainer.test` over D⁺ and D⁻ with the eliciting system prompts present."""
+    dm = _datamodule(ctx, pairs, with_system=True)
+    collector = ActivationCollector(ctx.model, SIDES)
+    with ctx.timed("collect_activations"):
+        _trainer(ctx, None).test(collector, dataloaders=dm.all_dataloaders(), verbose=False)
+    a = collector.difference()
+    tensors = {str(i): a[i].cpu() for i in range(a.shape[0])}
+    return {"activation": DenseVector(tensors, _manifest(ctx, "activation", data_manifest, n_layers=a.shape[0] - 1))}
+
+
+def load_artifacts(folder: Path, source: str) -> dict[str, object]:
+    if source == "lora":
+        return {k: WeightVector.load(folder / f"{k}.safetensors") for k in ("contrastive", "pos", "neg")}
+    if source == "finetune":
+        return {p.stem: WeightVector.load(p) for p in sorted(folder.glob("*_step*.safetensors"))}
+    return {source: DenseVector.load(folder / f"{source}.safetensors")}
+
+
+def ensure_artifacts(ctx: Context, source: str = "lora", run=None, force: bool = False) -> tuple[dict, Path, bool]:
+    """Reuse the cached artifacts for (model, behavior, source, data, settings), or build and cache them."""
+    if source not in SOURCES:
+        raise WsteerError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     cfg = ctx.cfg
     with ctx.timed("data"):
         pairs, data_manifest = ensure_pairs(cfg, ctx.model, ctx.tokenizer, ctx.behavior, ctx.fingerprint)
-    path = vector_path(cfg, ctx.fingerprint, data_manifest["data_hash"])
-    if path.is_file() and not force:
-        print(f"wsteer: reusing cached vector {path}")
-        return WeightVector.load(path), path, False
-    vector = train_vector(ctx, pairs, data_manifest, run)
-    vector.save(path)
-    print(f"wsteer: saved vector to {path}")
-    return vector, path, True
+    folder = artifact_dir(cfg, ctx.fingerprint, data_manifest["data_hash"], source)
+    done = folder / "COMPLETE"
+    if done.is_file() and not force:
+        print(f"wsteer: reusing cached {source} artifacts in {folder}")
+        return load_artifacts(folder, source), folder, False
+    if source == "activation":
+        artifacts = collect_activations(ctx, pairs, data_manifest)
+    else:
+        artifacts = train_pair(ctx, pairs, data_manifest, source, run)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, art in artifacts.items():
+        art.save(folder / f"{name}.safetensors")
+    write_json(done, {"artifacts": sorted(artifacts)})  # written last: a half-saved folder is never reused
+    print(f"wsteer: saved {source} artifacts to {folder}")
+    return artifacts, folder, True
+
+
+def export_pairs(ctx: Context, dest: str) -> dict[str, float]:
+    """`stage=data`: sample (or reuse) D⁺/D⁻ only, and copy the dataset folder to `dest` if given."""
+    import shutil
+
+    from wsteer.artifacts import atomic_path
+    from wsteer.data.pairs import candidate_folders, data_key
+
+    _, manifest = ensure_pairs(ctx.cfg, ctx.model, ctx.tokenizer, ctx.behavior, ctx.fingerprint)
+    if dest:
+        key = data_key(ctx.behavior, ctx.cfg.sampling, ctx.cfg.judge, ctx.fingerprint)
+        src = next(f for f in candidate_folders(ctx.cfg, key) if (f / "manifest.json").is_file())
+        if Path(dest).resolve() != src.resolve():
+            with atomic_path(dest) as tmp:
+                shutil.copytree(src, tmp)
+        print(f"wsteer: D+/D- written to {dest}")
+    return {f"data/count_{s}": float(n) for s, n in manifest["counts"].items()}
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     ctx = prepare(cfg)
+    if cfg.stage == "data":
+        return export_pairs(ctx, cfg.pairs_out)
     wb = start_run(cfg, "train")
     try:
-        vector, path, _ = ensure_vector(ctx, wb, force=True)
-        vector.save(ctx.out_dir / "vector.safetensors")
-        write_json(ctx.out_dir / "vector_manifest.json", vector.manifest)
+        artifacts, folder, _ = ensure_artifacts(ctx, cfg.source, wb, force=True)
+        # In the run dir the main artifact is always vector.safetensors (w, Δb or a), next to τ± for LoRA.
+        names = {"contrastive": "vector", "pos": "tau_pos", "neg": "tau_neg", "bias": "vector", "activation": "vector"}
+        for name, art in artifacts.items():
+            art.save(ctx.out_dir / f"{names.get(name, name)}.safetensors")
+        main = artifacts.get("contrastive") or next(iter(artifacts.values()))
+        write_json(ctx.out_dir / "vector_manifest.json", main.manifest)
         write_json(ctx.out_dir / "timings.json", ctx.timings)
-        metrics = {f"val/best_loss_{s}": vector.manifest["best"][s]["val_loss"] for s in SIDES}
-        metrics["vector/norm"] = vector.manifest["norm"]
+        metrics = {"vector/norm": main.norm()}
+        for s, b in main.manifest.get("best", {}).items():
+            metrics[f"val/best_loss_{s}"] = b["val_loss"]
         if wb is not None:
-            wb.summary.update({**metrics, "vector_path": str(path)})
-        print(f"wsteer: vector ‖w‖ = {metrics['vector/norm']:.4g}; best val loss "
-              + ", ".join(f"{s} {vector.manifest['best'][s]['val_loss']:.3f} (step {vector.manifest['best'][s]['step']})"
-                          for s in SIDES))
+            wb.summary.update({**metrics, "vector_dir": str(folder)})
+        print(f"wsteer: {cfg.source} artifacts in {folder}; " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         return metrics
     finally:
         if wb is not None:

@@ -1,40 +1,31 @@
 """Weight steering: θ + k·w applied in place and undone exactly (paper §1, "Weight steering").
 
-One loaded model serves a whole k sweep: `with steerer.apply(model, k): ...` adds k·w to every covered
-weight and, on exit, copies the saved originals back, so the model is bitwise what it was before.
+One loaded model serves a whole k sweep: `apply` adds k·w to every covered weight and, on exit, copies the
+saved originals back, so the model is bitwise what it was before. The same class applies the
+non-contrastive task vectors (θ + k·τ⁺, θ − k·τ⁻): only the vector differs.
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
 
 from wsteer.errors import WsteerError
+from wsteer.steering.base import Steerer
+from wsteer.steering.k import check_k  # noqa: F401  (re-exported: older imports use it from here)
 from wsteer.vectors import WeightVector
 
 
-def check_k(k) -> float:
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k):
-        raise WsteerError(f"k must be a finite number (e.g. k=-2), got {k!r}")
-    return float(k)
+class WeightSteerer(Steerer):
+    name = "weight"
 
-
-class WeightSteerer:
     def __init__(self, vector: WeightVector, name: str = "weight"):
+        super().__init__(vector.manifest, name)
         self.vector = vector
-        self.name = name
 
     def check_compatible(self, model, fingerprint: str, allow_transfer: bool = False) -> None:
-        """Refuse a vector built on other base weights, unless the user deliberately transfers it."""
-        made_for = self.vector.manifest.get("base_fingerprint")
-        if made_for != fingerprint and not allow_transfer:
-            raise WsteerError(
-                f"this vector was built for base model {self.vector.manifest.get('base_model')!r} "
-                f"(fingerprint {made_for}), but the loaded model has fingerprint {fingerprint}; load the matching "
-                "model=..., or pass allow_transfer=true to apply it anyway"
-            )
+        super().check_compatible(model, fingerprint, allow_transfer)
         params = dict(model.named_parameters())
         for name, (b, a) in self.vector.factors.items():
             if name not in params:
@@ -44,12 +35,7 @@ class WeightSteerer:
                                   f"model {tuple(params[name].shape)}; wrong model=?")
 
     @contextmanager
-    def apply(self, model, k: float):
-        """θ ← θ + k·w inside the block; originals restored bitwise on exit (also on error)."""
-        k = check_k(k)
-        if k == 0:  # adding 0·w could still flip −0.0 to +0.0; k = 0 must change nothing
-            yield model
-            return
+    def _steer(self, model, k: float):
         params = dict(model.named_parameters())
         saved: dict[str, torch.Tensor] = {}
         try:
@@ -65,3 +51,6 @@ class WeightSteerer:
             with torch.no_grad():
                 for name, orig in saved.items():
                     params[name].copy_(orig)
+
+    def describe(self) -> str:
+        return f"{self.name}: θ + k·w, ‖w‖ = {self.vector.norm():.4g}"

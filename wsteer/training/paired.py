@@ -1,8 +1,12 @@
-"""Paired LoRA training (paper §1–2): one base model in memory, one PEFT adapter per side (`pos`, `neg`).
+"""Paired training (paper §1–2): one base model in memory, one trainable parameter set per side (`pos`, `neg`).
 
-Each step trains every adapter on its own batch with its own AdamW and LR schedule (manual optimization),
-so the two fine-tunes are independent exactly as in the paper, while sharing the frozen base weights.
-Each adapter keeps the weights of its best validation loss (paper App. B: early stopping on 5% val).
+Each step trains every side on its own batch with its own AdamW and LR schedule (manual optimization), so the
+two fine-tunes are independent exactly as in the paper while sharing the frozen base weights. Each side keeps
+its best-by-validation weights (paper App. B: early stopping on a 5% validation split).
+
+What is trained is a `ParamPair`: `LoraPair` (PEFT LoRA adapters, for weight steering and task vectors) or
+`BiasPair` (zero-initialised biases on every MLP output projection, for bias-only steering). Training a single
+side (the fine-tuning baseline) is the same module with `sides=("pos",)`.
 """
 
 from __future__ import annotations
@@ -14,73 +18,138 @@ import lightning as L
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
+from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from wsteer.errors import WsteerError
+from wsteer.models import mlp_output_projections
 
 
 def lora_config(adapter_cfg) -> LoraConfig:
     if int(adapter_cfg.r) < 1:
         raise WsteerError(f"adapter.r must be a positive integer (the paper uses 32); got {adapter_cfg.r}")
+    targets = adapter_cfg.target_modules
     return LoraConfig(
         r=int(adapter_cfg.r),
         lora_alpha=float(adapter_cfg.alpha),
         lora_dropout=float(adapter_cfg.dropout),
-        target_modules=list(adapter_cfg.target_modules) if not isinstance(adapter_cfg.target_modules, str)
-        else adapter_cfg.target_modules,
+        target_modules=targets if isinstance(targets, str) else list(targets),
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
-class PairedLoRAModule(L.LightningModule):
-    def __init__(self, model, adapter_cfg, *, sides=("pos", "neg"), lr: float, weight_decay: float,
-                 warmup_steps: int, total_steps: int, grad_clip: float | None = 1.0):
+class LoraPair:
+    """One PEFT LoRA adapter per side on the same base model."""
+
+    kind = "lora"
+
+    def __init__(self, model, adapter_cfg, sides):
+        config = lora_config(adapter_cfg)
+        self.sides = list(sides)
+        self.peft = get_peft_model(model, config, adapter_name=sides[0])
+        for side in sides[1:]:
+            self.peft.add_adapter(side, config)
+
+    def activate(self, side: str) -> None:
+        self.peft.set_adapter(side)  # also makes only this adapter's weights trainable
+
+    def params(self, side: str) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.peft.named_parameters() if "lora_" in n and f".{side}." in n}
+
+    def export(self, side: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return lora_factors(self.peft, side)
+
+    def remove(self) -> None:
+        self.peft.unload()  # drop the LoRA layers; the base weights were never modified
+
+
+class BiasPair(nn.Module):
+    """Zero-initialised biases on every layer's MLP output projection, one set per side (paper §1, "Bias-only").
+
+    Llama and Qwen2 MLPs have no bias, so instead of patching the architecture the bias is added by a forward
+    hook on each `down_proj`: the same function, and removing the hooks restores the model exactly.
+    """
+
+    kind = "bias"
+
+    def __init__(self, model, sides):
+        super().__init__()
+        self.targets = mlp_output_projections(model)
+        self.sides = list(sides)
+        self.bias = nn.ParameterDict({
+            f"{side}__{i}": nn.Parameter(torch.zeros(m.out_features, device=m.weight.device, dtype=torch.float32))
+            for side in self.sides for i, (_, m) in enumerate(self.targets)
+        })
+        self.active = self.sides[0]
+        self._frozen = [(p, p.requires_grad) for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)  # only the biases train
+        self._hooks = [m.register_forward_hook(self._hook(i)) for i, (_, m) in enumerate(self.targets)]
+
+    def _hook(self, i: int):
+        def add_bias(module, args, output):
+            return output + self.bias[f"{self.active}__{i}"].to(output.dtype)
+
+        return add_bias
+
+    def activate(self, side: str) -> None:
+        self.active = side
+
+    def params(self, side: str) -> dict[str, nn.Parameter]:
+        return {k: p for k, p in self.bias.items() if k.startswith(f"{side}__")}
+
+    def export(self, side: str) -> dict[str, torch.Tensor]:
+        return {name: self.bias[f"{side}__{i}"].detach().float().cpu().clone() for i, (name, _) in enumerate(self.targets)}
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        for p, flag in self._frozen:
+            p.requires_grad_(flag)
+
+
+class PairedModule(L.LightningModule):
+    def __init__(self, model, pair, *, lr: float, weight_decay: float, warmup_steps: int, total_steps: int,
+                 grad_clip: float | None = 1.0, checkpoint_every: int | None = None):
         super().__init__()
         self.automatic_optimization = False
-        self.sides = list(sides)
+        self.model = model
+        self.pair = pair  # registered as a submodule when it is one (BiasPair), so Lightning moves it
+        self.sides = list(pair.sides)
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps, self.grad_clip = warmup_steps, total_steps, grad_clip
-        config = lora_config(adapter_cfg)
-        self.model = get_peft_model(model, config, adapter_name=self.sides[0])
-        for side in self.sides[1:]:
-            self.model.add_adapter(side, config)
+        self.checkpoint_every = checkpoint_every
         self.model.train()  # HF models load in eval mode; Lightning expects train mode here
         self.best: dict[str, tuple[float, dict[str, torch.Tensor]]] = {}
         self.history: list[dict] = []  # one row per validation: step, side, loss
+        self.checkpoints: dict[int, dict[str, object]] = {}  # step -> side -> exported weights
+        self.side_seconds = {s: 0.0 for s in self.sides}  # wall time spent training each side
         self._val_sums: dict[str, list[float]] = {}
-        self.side_seconds = {s: 0.0 for s in self.sides}  # wall time spent training each adapter
-
-    # -- parameters of one side -------------------------------------------------------------
-    def side_params(self, side: str) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in self.model.named_parameters() if "lora_" in n and f".{side}." in n}
 
     def _loss(self, side: str, batch) -> tuple[torch.Tensor, int]:
-        self.model.set_adapter(side)  # also makes only this adapter's weights trainable
+        self.pair.activate(side)
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        n_tokens = int((batch["labels"][:, 1:] != -100).sum())
-        return out.loss, n_tokens
+        return out.loss, int((batch["labels"][:, 1:] != -100).sum())
 
-    # -- training ---------------------------------------------------------------------------
     def configure_optimizers(self):
         opts, scheds = [], []
         for side in self.sides:
-            opt = torch.optim.AdamW(list(self.side_params(side).values()), lr=self.lr, weight_decay=self.weight_decay)
+            opt = torch.optim.AdamW(list(self.pair.params(side).values()), lr=self.lr, weight_decay=self.weight_decay)
             opts.append(opt)
             scheds.append(get_linear_schedule_with_warmup(opt, self.warmup_steps, self.total_steps))
         return opts, scheds
 
     def training_step(self, batch, batch_idx):
-        opts = self.optimizers()
-        scheds = self.lr_schedulers()
+        opts, scheds = self.optimizers(), self.lr_schedulers()
         opts = opts if isinstance(opts, list) else [opts]
         scheds = scheds if isinstance(scheds, list) else [scheds]
         for side, opt, sched in zip(self.sides, opts, scheds, strict=True):
             t0 = time.perf_counter()
             loss, _ = self._loss(side, batch[side])
             if not torch.isfinite(loss):
-                raise WsteerError(f"training loss of adapter {side!r} became {loss.item()} at step {batch_idx}; "
-                                  "lower trainer.lr or check the data")
+                raise WsteerError(f"training loss of {side!r} became {loss.item()} at step {batch_idx}; "
+                                  "lower the learning rate or check the data")
             self.manual_backward(loss)
             if self.grad_clip:
                 self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
@@ -90,7 +159,11 @@ class PairedLoRAModule(L.LightningModule):
             self.side_seconds[side] += time.perf_counter() - t0
             self.log(f"train/loss_{side}", loss.detach(), prog_bar=True, on_step=True)
 
-    # -- validation and best-checkpoint tracking --------------------------------------------
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        step = batch_idx + 1
+        if self.checkpoint_every and step % self.checkpoint_every == 0:
+            self.checkpoints[step] = {s: self.pair.export(s) for s in self.sides}
+
     def on_validation_epoch_start(self):
         self._val_sums = {s: [0.0, 0] for s in self.sides}
 
@@ -109,8 +182,7 @@ class PairedLoRAModule(L.LightningModule):
             self.log(f"val/loss_{side}", val, prog_bar=True)
             self.history.append({"step": self.training_steps_done, "side": side, "loss": val})
             if side not in self.best or val < self.best[side][0]:
-                snap = {n_: p.detach().clone() for n_, p in self.side_params(side).items()}
-                self.best[side] = (val, snap)
+                self.best[side] = (val, {k: p.detach().clone() for k, p in self.pair.params(side).items()})
 
     @property
     def training_steps_done(self) -> int:
@@ -118,13 +190,13 @@ class PairedLoRAModule(L.LightningModule):
         return self.trainer.global_step // len(self.sides) if self._trainer is not None else 0
 
     def restore_best(self) -> dict[str, dict]:
-        """Load each adapter's best-by-validation weights; return {side: {"val_loss", "step"}}."""
+        """Load each side's best-by-validation weights; return {side: {"val_loss", "step"}}."""
         summary = {}
         with torch.no_grad():
             for side, (val, snap) in self.best.items():
-                params = self.side_params(side)
-                for n, t in snap.items():
-                    params[n].copy_(t)
+                params = self.pair.params(side)
+                for k, t in snap.items():
+                    params[k].copy_(t)
                 step = min(h["step"] for h in self.history if h["side"] == side and math.isclose(h["loss"], val))
                 summary[side] = {"val_loss": val, "step": step}
         return summary

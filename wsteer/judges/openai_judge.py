@@ -1,0 +1,322 @@
+"""An LLM judge over any OpenAI-compatible chat endpoint (OpenAI itself, vLLM, llama.cpp's server, ...).
+
+Each answer gets two questions, how strongly it shows the trait and how coherent it is, each answered with a
+number from 0 to 100. As in the persona-vectors judge the paper (§1) builds on, the score is read from the
+judge's next-token distribution: one token is generated with ``top_logprobs=20`` and the score is the
+probability-weighted mean of the top tokens that are integers 0–100. Endpoints that return no logprobs get a
+second, short request whose text is parsed instead. Verdicts are cached on disk (`VerdictCache`), so a rerun or
+a resumed run never pays twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+from tqdm import tqdm
+
+from wsteer.errors import WsteerError
+from wsteer.judges.base import Judge, JudgeItem, Verdict, VerdictCache, resolve_thresholds
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+DEFAULT_PROMPTS = "trait_coherence"
+PLACEHOLDER_KEY = "sk-no-key"  # local OpenAI-compatible servers ignore the key, but the client insists on one
+MIN_NUMERIC_MASS = 0.25  # below this the judge was not really answering with a number (persona-vectors rule)
+_INT = re.compile(r"(?<![\d.])(\d{1,3})(?![\d.])")
+
+
+class _Aborted(Exception):
+    """Raised in worker threads once another request has failed for good."""
+
+
+def resolve_prompts_path(prompts: str | os.PathLike | None) -> Path:
+    """Find a prompt YAML: ``None`` → the packaged default; an existing path; else a packaged name.
+
+    Relative paths are taken from the current directory (Hydra runs with ``chdir: false``); a bare name such as
+    ``trait_coherence`` (with or without ``.yaml``) refers to ``wsteer/judges/prompts/``.
+    """
+    if prompts is None:
+        prompts = DEFAULT_PROMPTS
+    path = Path(prompts).expanduser()
+    if path.is_file():
+        return path
+    for candidate in (PROMPTS_DIR / str(prompts), PROMPTS_DIR / f"{prompts}.yaml"):
+        if candidate.is_file():
+            return candidate
+    packaged = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
+    raise WsteerError(f"judge prompts {str(prompts)!r} not found: give a YAML path or one of {packaged}")
+
+
+def load_prompts(prompts: str | os.PathLike | None) -> tuple[Path, str, dict[str, str]]:
+    """Return ``(path, version, {"trait": template, "coherence": template})``.
+
+    The version is the file's ``version`` plus a short hash of both templates, so editing a template without
+    bumping ``version`` still invalidates cached verdicts.
+    """
+    path = resolve_prompts_path(prompts)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise WsteerError(f"judge prompts {path} are unreadable ({e.__class__.__name__}: {e})") from e
+    if not isinstance(data, dict) or "version" not in data:
+        raise WsteerError(f"judge prompts {path} need a `version` and `trait`/`coherence` templates")
+    templates = {}
+    dummy = {f: "x" for f in JudgeItem.__dataclass_fields__}
+    for which in ("trait", "coherence"):
+        template = data.get(which)
+        if not isinstance(template, str) or not template.strip():
+            raise WsteerError(f"judge prompts {path} have no `{which}` template")
+        try:
+            template.format(**dummy)
+        except (KeyError, IndexError, ValueError) as e:
+            raise WsteerError(
+                f"judge prompt `{which}` in {path} has a bad placeholder ({e!r}); use only "
+                f"{{behavior}}, {{trait_description}}, {{question}}, {{answer}} (write literal braces as {{{{ }}}})"
+            ) from e
+        templates[which] = template
+    digest = hashlib.sha256((templates["trait"] + "\0" + templates["coherence"]).encode()).hexdigest()[:8]
+    return path, f"{data['version']}-{digest}", templates
+
+
+def score_from_top_logprobs(top: dict[str, float]) -> float | None:
+    """Probability-weighted mean of the integer tokens 0–100 among ``{token: logprob}``.
+
+    Returns ``None`` when those tokens hold less than 25% of the probability: then the judge was mostly not
+    answering with a number, and its score would be noise.
+    """
+    mass = total = 0.0
+    for token, logprob in top.items():
+        text = token.strip()
+        if not (text.isascii() and text.isdigit()) or int(text) > 100:
+            continue
+        p = math.exp(logprob)
+        mass += p
+        total += p * int(text)
+    return total / mass if mass >= MIN_NUMERIC_MASS else None
+
+
+def score_from_text(text: str | None) -> float | None:
+    """The first integer 0–100 in a short reply, or ``None``."""
+    for match in _INT.finditer(text or ""):
+        value = int(match.group(1))
+        if value <= 100:
+            return float(value)
+    return None
+
+
+def _top_logprobs(response) -> dict[str, float] | None:
+    """``{token: logprob}`` for the first generated token, or ``None`` if the response carries no logprobs."""
+    if not response.choices:
+        return None
+    logprobs = getattr(response.choices[0], "logprobs", None)
+    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    if not content:
+        return None
+    first = content[0]
+    top: dict[str, float] = {}
+    for entry in first.top_logprobs or [first]:  # no alternatives listed: the sampled token alone
+        # The same text can come back twice (different token ids); its probabilities add up.
+        top[entry.token] = math.log(math.exp(top.get(entry.token, -math.inf)) + math.exp(entry.logprob))
+    return top
+
+
+def _is_openai_host(base_url: str) -> bool:
+    host = (urlparse(base_url).hostname or "").lower()
+    return host == "api.openai.com" or host.endswith(".openai.com")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("WSTEER_CACHE", "~/.cache/wsteer")).expanduser() / "verdicts"
+
+
+class OpenAIJudge(Judge):
+    """Trait and coherence scores from an OpenAI-compatible chat-completions endpoint.
+
+    Args:
+        base_url: Endpoint root, e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
+        model: Judge model id sent with each request (and part of every cache key).
+        api_key_env: Environment variable holding the API key. The key is read once, handed to the client and
+            never stored in anything this object prints or records. When unset, api.openai.com is refused and
+            other endpoints get a placeholder (local servers ignore it).
+        prompts: Prompt YAML: a path, a packaged name (``trait_coherence``), or ``None`` for the packaged default.
+        max_concurrency: Requests in flight at once.
+        timeout: Seconds per HTTP request.
+        max_retries: Retries per request after a connection error, timeout, HTTP 429 or 5xx, with exponential
+            backoff; when they are used up the judge raises `WsteerError`.
+        cache_dir: Folder for the verdict cache (default ``$WSTEER_CACHE/verdicts``).
+        name: Config name (recorded in data keys).
+        thresholds: Filtering thresholds (``{trait: 50, coherence: 50}``), kept for the filtering step.
+        logprobs: Ask for top logprobs (the default); ``False`` parses short text replies only, for endpoints
+            that reject logprob requests.
+        retry_backoff: Seconds before the first retry; doubled after each one (capped at 30 s).
+        progress: Show a tqdm progress bar over the items.
+
+    Attributes:
+        requests_made: Chat-completion calls actually sent (attempts, including failed ones); cache hits add none.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        prompts: str | os.PathLike | None = None,
+        max_concurrency: int = 4,
+        timeout: float = 30,
+        max_retries: int = 3,
+        cache_dir: str | os.PathLike | None = None,
+        name: str = "openai",
+        thresholds: dict | None = None,
+        logprobs: bool = True,
+        retry_backoff: float = 0.5,
+        progress: bool = True,
+    ):
+        import openai
+
+        if max_concurrency < 1 or max_retries < 0 or timeout <= 0 or retry_backoff < 0:
+            raise WsteerError(
+                "judge.max_concurrency must be ≥ 1, judge.max_retries ≥ 0 and judge.timeout > 0; got "
+                f"{max_concurrency}, {max_retries}, {timeout}"
+            )
+        self.name = name
+        self.model = model
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.thresholds = resolve_thresholds(thresholds)
+        self.max_concurrency = int(max_concurrency)
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.retry_backoff = float(retry_backoff)
+        self.progress = progress
+        self.prompts_path, self.version, self.templates = load_prompts(prompts)
+        self.cache = VerdictCache(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), model,
+                                  self.version)
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            if _is_openai_host(base_url):
+                raise WsteerError(
+                    f"judge=openai needs an API key for {base_url}: set the {api_key_env} environment variable "
+                    "(or point judge.base_url / WSTEER_JUDGE_BASE_URL at a local OpenAI-compatible server)"
+                )
+            api_key = PLACEHOLDER_KEY
+        # Our own retry loop below (so it can give up with a clear message and stop the other workers);
+        # the client's built-in retries stay off so attempts are not multiplied.
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=self.timeout, max_retries=0)
+        self._openai = openai
+        self._use_logprobs = logprobs
+        self._count_lock = threading.Lock()
+        self._abort = threading.Event()
+        self.requests_made = 0
+
+    def __repr__(self) -> str:
+        return (f"OpenAIJudge(name={self.name!r}, model={self.model!r}, base_url={self.base_url!r}, "
+                f"version={self.version!r})")
+
+    def judge(self, items: list[JudgeItem]) -> list[Verdict]:
+        verdicts: list[Verdict | None] = [self.cache.get(it) for it in items]
+        todo: dict[JudgeItem, list[int]] = {}  # identical answers are scored once
+        for i, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
+            if verdict is None:
+                todo.setdefault(item, []).append(i)
+        if not todo:
+            return verdicts  # type: ignore[return-value]
+        self._abort.clear()
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="wsteer-judge")
+        bar = tqdm(total=len(items), initial=len(items) - sum(map(len, todo.values())),
+                   desc=f"judge {self.model}", unit="answer", disable=not self.progress)
+        try:
+            futures = {pool.submit(self._score_and_store, item): item for item in todo}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    verdict = fut.result()  # re-raises a worker's WsteerError here, in the caller's thread
+                    for i in todo[futures[fut]]:
+                        verdicts[i] = verdict
+                    bar.update(len(todo[futures[fut]]))
+        except BaseException:
+            self._abort.set()  # stop the other workers' retries; what they finished is already cached
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            bar.close()
+        return verdicts  # type: ignore[return-value]
+
+    def _score_and_store(self, item: JudgeItem) -> Verdict:
+        verdict = Verdict(trait=self._ask(item, "trait"), coherence=self._ask(item, "coherence"))
+        self.cache.put(item, verdict)  # stored as soon as it exists, so a crash later loses nothing
+        return verdict
+
+    def _ask(self, item: JudgeItem, which: str) -> float | None:
+        messages = [{"role": "user", "content": self.templates[which].format(**asdict(item))}]
+        if self._use_logprobs:
+            try:
+                response = self._create(messages, max_tokens=1, logprobs=True, top_logprobs=20)
+            except self._openai.BadRequestError:
+                response = None  # the endpoint rejects logprob requests: parse text from now on
+            top = _top_logprobs(response) if response is not None else None
+            if top is not None:
+                return score_from_top_logprobs(top)
+            # No logprobs came back; the endpoint will not start sending them, so later questions skip this try.
+            self._use_logprobs = False
+        try:
+            response = self._create(messages, max_tokens=5)
+        except self._openai.BadRequestError as e:
+            raise WsteerError(
+                f"judge endpoint {self.base_url} rejected a request for model {self.model!r} "
+                f"(HTTP 400: {e.message}); check judge.model and judge.prompts"
+            ) from e
+        return score_from_text(response.choices[0].message.content if response.choices else None)
+
+    def _create(self, messages: list[dict], **params):
+        """One chat completion at temperature 0, retried with exponential backoff on transient failures."""
+        openai = self._openai
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            if self._abort.is_set():
+                raise _Aborted
+            with self._count_lock:
+                self.requests_made += 1
+            try:
+                return self._client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0, **params
+                )
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
+                error = e  # APITimeoutError is an APIConnectionError
+            except openai.BadRequestError:
+                raise
+            except openai.AuthenticationError as e:  # its message may quote part of the key: not shown
+                raise WsteerError(
+                    f"judge endpoint {self.base_url} rejected the API key (HTTP 401); check {self.api_key_env}"
+                ) from e
+            except openai.NotFoundError as e:
+                raise WsteerError(
+                    f"judge endpoint {self.base_url} does not serve model {self.model!r} (HTTP 404); "
+                    "set judge.model to a model it serves"
+                ) from e
+            except openai.APIStatusError as e:
+                if e.status_code < 500:
+                    raise WsteerError(
+                        f"judge endpoint {self.base_url} refused the request (HTTP {e.status_code}: {e.message})"
+                    ) from e
+                error = e
+            if attempt + 1 < attempts:
+                self._abort.wait(min(self.retry_backoff * 2**attempt, 30.0))
+        cause = f"{error.__class__.__name__}: {error}"
+        if isinstance(error, openai.APIConnectionError):
+            raise WsteerError(
+                f"judge endpoint {self.base_url} is unreachable after {attempts} attempts ({cause}); "
+                "start the server or fix judge.base_url"
+            ) from error
+        raise WsteerError(
+            f"judge endpoint {self.base_url} kept failing after {attempts} attempts ({cause}); "
+            "retry later or lower judge.max_concurrency"
+        ) from error
