@@ -25,6 +25,9 @@ class Behavior:
     # One example exchange shown before the real question while sampling: the 135M model follows a
     # demonstration far more than a system prompt (design/environment.md). Never part of training data.
     demonstration: dict[str, str] | None = field(default=None)
+    # A side may be fixed text instead of samples: `{side: [one response per build question]}`. Refusal uses it
+    # for D⁻: compliant openers without any harmful content (the vector learns the stance, not the details).
+    fixed: dict[str, list[str]] | None = field(default=None)
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig | dict) -> Behavior:
@@ -39,6 +42,11 @@ class Behavior:
                 f"behavior {d['name']!r}: {len(overlap)} question(s) are both build and held-out, e.g. "
                 f"{sorted(overlap)[0]!r}; held-out questions must never train the vector"
             )
+        fixed = d.get("fixed_responses")
+        for side, texts in (fixed or {}).items():
+            if side not in SIDES or len(texts) != len(d["build_questions"]):
+                raise WsteerError(f"behavior {d['name']!r}: fixed_responses.{side} needs one text per build question "
+                                  f"({len(d['build_questions'])}), got {len(texts)}")
         demo = d.get("demonstration")
         if demo is not None and not all(demo.get(k) for k in ("user", "pos", "neg")):
             raise WsteerError(f"behavior {d['name']!r}: demonstration needs user, pos and neg texts")
@@ -51,15 +59,22 @@ class Behavior:
             build_questions=list(d["build_questions"]),
             heldout_questions=list(d["heldout_questions"]),
             demonstration=demo,
+            fixed=fixed,
         )
 
     def system_prompts(self, side: str) -> list[str]:
         return self.pos_system_prompts if side == "pos" else self.neg_system_prompts
 
+    def fixed_responses(self, side: str) -> dict[str, str] | None:
+        """`{build question: response}` for a side given as fixed text, else None (the side is sampled)."""
+        if not self.fixed or side not in self.fixed:
+            return None
+        return dict(zip(self.build_questions, self.fixed[side], strict=True))
+
     def eliciting_conversation(self, side: str, system_prompt: str, question: str) -> list[dict[str, str]]:
         """The prompt used to *sample* D± answers: system prompt, optional demonstration, then the question."""
         msgs = [{"role": "system", "content": system_prompt}]
-        if self.demonstration:
+        if self.demonstration and self.demonstration.get(side):
             msgs += [
                 {"role": "user", "content": self.demonstration["user"]},
                 {"role": "assistant", "content": self.demonstration[side]},

@@ -23,6 +23,7 @@ def generate(
     batch_size: int = 16,
     seed: int = 0,
     desc: str = "generate",
+    progress: bool = True,
 ) -> list[dict]:
     """Answer each conversation; returns `{"text", "finished"}` per input, in input order.
 
@@ -44,7 +45,7 @@ def generate(
     torch.manual_seed(seed)
     out: list[dict | None] = [None] * len(prompts)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for idx in tqdm(batches, desc=desc, unit="batch", leave=False):
+    for idx in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
         width = max(len(prompts[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)

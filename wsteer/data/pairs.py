@@ -2,7 +2,12 @@
 
 For every (build question, system prompt) pair the model answers `n_samples` times; the system prompt and any
 demonstration are dropped, so training rows are plain question → answer and the fine-tune learns the behavior
-unconditionally. The result is a `datasets.DatasetDict` with `pos` and `neg` splits plus `manifest.json`.
+unconditionally. A judge then keeps only matched pairs where the D⁺ answer shows the trait, the D⁻ answer does
+not, and both are coherent (persona-vectors rule). The result is a `datasets.DatasetDict` with `pos` and `neg`
+splits plus `manifest.json`.
+
+Sampling is resumable: every finished batch is appended to a JSONL file keyed by (side, question, prompt,
+sample), and a rerun skips what is there. Judge verdicts are cached by the judge itself.
 """
 
 from __future__ import annotations
@@ -15,13 +20,18 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_from_disk
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
 from wsteer.artifacts import SHIPPED_DATA, atomic_path, stable_hash, write_json
 from wsteer.behaviors import SIDES, Behavior
+from wsteer.config import instantiate
 from wsteer.errors import WsteerError
 from wsteer.generation import generate
+from wsteer.judges.base import JudgeItem
+from wsteer.judges.filtering import filter_pairs
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+MIN_KEPT = 4  # per side: fewer cannot train and validate
 
 
 def trim_unfinished(text: str, min_chars: int = 20) -> str:
@@ -31,69 +41,120 @@ def trim_unfinished(text: str, min_chars: int = 20) -> str:
     return text[: ends[-1]] if ends else text
 
 
-def data_key(behavior: Behavior, sampling: DictConfig, judge: DictConfig, fingerprint: str) -> dict:
-    """Everything that determines the sampled data; a stored dataset is reused only if its key matches."""
+def build_judge(judge_cfg: DictConfig):
+    return instantiate(judge_cfg)
+
+
+def data_key(behavior: Behavior, sampling: DictConfig, judge_desc: dict | str, fingerprint: str) -> dict:
+    """Everything that determines the data; a stored dataset is reused only if its key matches."""
     return {
         "model_fingerprint": fingerprint,
         "behavior": behavior.name,
         "prompts_hash": behavior.prompts_hash(),
         "sampling": {k: sampling[k] for k in ("n_samples", "temperature", "max_new_tokens", "seed")},
-        "judge": judge.name,
+        "judge": judge_desc,
     }
 
 
-def sample_pairs(model, tokenizer, behavior: Behavior, sampling: DictConfig) -> dict[str, list[dict]]:
-    """Sample D⁺ and D⁻ rows with the target model itself (no judge filtering)."""
+def _jobs(behavior: Behavior, side: str, n_samples: int) -> list[tuple[str, int, str, int]]:
+    return [(q, s_idx, sp, n) for q in behavior.build_questions
+            for s_idx, sp in enumerate(behavior.system_prompts(side)) for n in range(n_samples)]
+
+
+def _row(q: str, s_idx: int, sp: str, n: int, text: str, finished: bool) -> dict:
+    return {
+        "question": q,
+        "response": text if finished else trim_unfinished(text),
+        "system_prompt": sp,  # kept for activation steering, which collects with the prompt present
+        "system_prompt_index": s_idx,
+        "sample_index": n,
+        "finished": finished,
+    }
+
+
+def sample_pairs(model, tokenizer, behavior: Behavior, sampling: DictConfig,
+                 progress_file: Path | None = None) -> dict[str, list[dict]]:
+    """Sample D⁺ and D⁻ rows with the target model itself, resuming from `progress_file` if given.
+
+    A side with `fixed_responses` in the behavior (e.g. refusal's compliant openers, which carry no harmful
+    content) takes those texts instead of sampling.
+    """
+    done: dict[tuple, dict] = {}
+    if progress_file is not None and progress_file.is_file():
+        text = progress_file.read_text()
+        if text and not text.endswith("\n"):  # a line cut by a kill mid-write: drop it before appending
+            text = text[: text.rfind("\n") + 1]
+            with atomic_path(progress_file) as tmp:
+                tmp.write_text(text)
+        for line in text.splitlines():
+            r = json.loads(line)
+            done[(r["side"], r["question"], r["system_prompt_index"], r["sample_index"])] = r
     rows: dict[str, list[dict]] = {}
+    todo: list[tuple[str, tuple]] = []
     for side in SIDES:
-        jobs = [
-            (q, s_idx, sp, n)
-            for q in behavior.build_questions
-            for s_idx, sp in enumerate(behavior.system_prompts(side))
-            for n in range(sampling.n_samples)
-        ]
-        convs = [behavior.eliciting_conversation(side, sp, q) for q, _, sp, _ in jobs]
-        outs = generate(
-            model,
-            tokenizer,
-            convs,
-            max_new_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            batch_size=sampling.batch_size,
-            seed=sampling.seed + (0 if side == "pos" else 1),
-            desc=f"sample D{'+' if side == 'pos' else '-'}",
-        )
-        rows[side] = [
-            {
-                "question": q,
-                "response": o["text"] if o["finished"] else trim_unfinished(o["text"]),
-                "system_prompt": sp,  # kept for activation steering, which collects with the prompt present
-                "system_prompt_index": s_idx,
-                "sample_index": n,
-                "finished": o["finished"],
-            }
-            for (q, s_idx, sp, n), o in zip(jobs, outs, strict=True)
-            if o["text"].strip()
-        ]
+        fixed = behavior.fixed_responses(side)
+        for job in _jobs(behavior, side, sampling.n_samples):
+            q, s_idx, sp, n = job
+            if fixed is not None:
+                done[(side, q, s_idx, n)] = {**_row(q, s_idx, sp, n, fixed[q], True), "side": side}
+            elif (side, q, s_idx, n) not in done:
+                todo.append((side, job))
+    if done and todo:
+        print(f"wsteer: resuming sampling: {len(done)} answers on disk, {len(todo)} to go")
+    bs = sampling.batch_size
+    out = progress_file.open("a") if progress_file is not None else None
+    try:
+        for start in tqdm(range(0, len(todo), bs), desc="sample D+/D-", unit="batch", disable=not todo):
+            chunk = todo[start : start + bs]
+            convs = [behavior.eliciting_conversation(side, sp, q) for side, (q, _, sp, _) in chunk]
+            # the seed depends on the chunk's first job, so a resumed run samples what a clean run would
+            seed = sampling.seed + int(stable_hash([chunk[0][0], chunk[0][1][0], chunk[0][1][1], chunk[0][1][3]], 6), 16)
+            outs = generate(model, tokenizer, convs, max_new_tokens=sampling.max_new_tokens,
+                            temperature=sampling.temperature, batch_size=bs, seed=seed, progress=False)
+            for (side, (q, s_idx, sp, n)), o in zip(chunk, outs, strict=True):
+                r = {**_row(q, s_idx, sp, n, o["text"], o["finished"]), "side": side}
+                done[(side, q, s_idx, n)] = r
+                if out is not None:
+                    out.write(json.dumps(r) + "\n")
+            if out is not None:
+                out.flush()
+    finally:
+        if out is not None:
+            out.close()
+    for side in SIDES:
+        rows[side] = [{k: v for k, v in done[(side, q, s_idx, n)].items() if k != "side"}
+                      for q, s_idx, _, n in _jobs(behavior, side, sampling.n_samples)
+                      if done[(side, q, s_idx, n)]["response"].strip()]
     return rows
+
+
+def judge_and_filter(rows: dict[str, list[dict]], behavior: Behavior, judge) -> tuple[dict[str, list[dict]], dict]:
+    """Score every answer with the judge and keep the pairs that pass the persona-vectors rule (paper §1)."""
+    verdicts = {}
+    for side in SIDES:
+        items = [JudgeItem(behavior.name, behavior.description, r["question"], r["response"]) for r in rows[side]]
+        verdicts[side] = judge.judge(items)
+    th = judge.thresholds
+    keep_pos, keep_neg, stats = filter_pairs(rows["pos"], rows["neg"], verdicts["pos"], verdicts["neg"],
+                                             th["trait"], th["coherence"])
+    kept = {"pos": [rows["pos"][i] for i in keep_pos], "neg": [rows["neg"][i] for i in keep_neg]}
+    for side, idx in (("pos", keep_pos), ("neg", keep_neg)):
+        for r, i in zip(kept[side], idx, strict=True):
+            r["trait_score"], r["coherence_score"] = verdicts[side][i].trait, verdicts[side][i].coherence
+    return kept, {**stats, "thresholds": th}
 
 
 def content_hash(dd: DatasetDict) -> str:
     return stable_hash({s: [[r["question"], r["response"]] for r in dd[s]] for s in SIDES})
 
 
-def save_pairs(rows: dict[str, list[dict]], folder: Path, manifest: dict) -> DatasetDict:
+def save_pairs(rows: dict[str, list[dict]], folder: Path, manifest: dict) -> None:
     dd = DatasetDict({s: Dataset.from_list(rows[s]) for s in SIDES})
-    manifest = {
-        **manifest,
-        "counts": {s: len(rows[s]) for s in SIDES},
-        "data_hash": content_hash(dd),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    manifest = {**manifest, "counts": {s: len(rows[s]) for s in SIDES}, "data_hash": content_hash(dd),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with atomic_path(folder) as tmp:
         dd.save_to_disk(str(tmp))
         write_json(tmp / "manifest.json", manifest)
-    return dd
 
 
 def load_pairs(folder: str | Path) -> tuple[DatasetDict, dict]:
@@ -117,21 +178,33 @@ def candidate_folders(cfg: DictConfig, key: dict) -> list[Path]:
 
 
 def ensure_pairs(cfg: DictConfig, model, tokenizer, behavior: Behavior, fingerprint: str) -> tuple[DatasetDict, dict]:
-    """Reuse a stored D±/manifest whose key matches, else sample it into the cache."""
-    key = data_key(behavior, cfg.sampling, cfg.judge, fingerprint)
+    """Reuse a stored D±/manifest whose key matches, else sample (resumably), judge, filter and cache it."""
+    judge = build_judge(cfg.judge)
+    key = data_key(behavior, cfg.sampling, judge.describe(), fingerprint)
     shipped, cached = candidate_folders(cfg, key)
     for folder in (shipped, cached):
         if (folder / "manifest.json").is_file():
             dd, manifest = load_pairs(folder)
             if manifest.get("key") == key:
                 print(f"wsteer: reusing D+/D- from {folder} ({manifest['counts']})")
-                return dd, manifest
-    if cfg.judge.name != "none":
-        raise WsteerError(f"judge {cfg.judge.name!r} is not available yet; use judge=none")
-    n = len(behavior.build_questions) * cfg.sampling.n_samples
-    print(f"wsteer: sampling D+/D- with the target model ({n * len(behavior.pos_system_prompts)} answers per side)")
-    rows = sample_pairs(model, tokenizer, behavior, cfg.sampling)
-    manifest = {"key": key, "model": cfg.model.path, "behavior_version": behavior.version,
-                "command": " ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]])}
-    save_pairs(rows, cached, manifest)
-    return load_pairs(cached)
+                return dd, {**manifest, "path": str(folder)}
+    judge.check_behavior(behavior.name)  # fail before spending time sampling
+    sample_key = {k: v for k, v in key.items() if k != "judge"}
+    progress = (Path(cfg.paths.cache_dir).expanduser() / "samples" / behavior.name
+                / f"{cfg.model.name}-{stable_hash(sample_key, 12)}.jsonl")
+    progress.parent.mkdir(parents=True, exist_ok=True)
+    n = len(behavior.build_questions) * len(behavior.pos_system_prompts) * cfg.sampling.n_samples
+    print(f"wsteer: sampling D+/D- with the target model (up to {n} answers per side; progress in {progress})")
+    raw = sample_pairs(model, tokenizer, behavior, cfg.sampling, progress)
+    kept, stats = judge_and_filter(raw, behavior, judge)
+    counts = {s: len(kept[s]) for s in SIDES}
+    if min(counts.values()) < MIN_KEPT:
+        raise WsteerError(
+            f"judge {judge.name!r} kept too few pairs: raw {stats['raw']}, kept {counts} (need ≥ {MIN_KEPT} per "
+            f"side; dropped: {stats['dropped_reasons']}). Raise sampling.n_samples, relax judge.thresholds, or "
+            "check the judge endpoint")
+    manifest = {"key": key, "model": cfg.model.path, "behavior_version": behavior.version, "judge": judge.describe(),
+                "filter": stats, "command": " ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]])}
+    save_pairs(kept, cached, manifest)
+    dd, manifest = load_pairs(cached)
+    return dd, {**manifest, "path": str(cached)}

@@ -93,6 +93,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     wb = start_run(cfg, "steer")
     try:
         steerer, vpath, built = load_steerer(ctx, wb)
+        if cfg.get("layers") is not None:
+            from wsteer.recipes.layer_sweep import sweep_layers
+
+            result = sweep_layers(ctx, steerer, ks, answer_heldout, wb)
+            print(f"wsteer: layer sweep written to {ctx.out_dir / 'layer_sweep.png'}")
+            return result
         sweep = [0.0] + [k for k in dict.fromkeys(ks) if k != 0]
         answers = answer_heldout(ctx, steerer, sweep)
         metrics = {k: tone_metrics(a, answers[0.0]) for k, a in answers.items()}

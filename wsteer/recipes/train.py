@@ -191,15 +191,11 @@ def export_pairs(ctx: Context, dest: str) -> dict[str, float]:
     import shutil
 
     from wsteer.artifacts import atomic_path
-    from wsteer.data.pairs import candidate_folders, data_key
 
     _, manifest = ensure_pairs(ctx.cfg, ctx.model, ctx.tokenizer, ctx.behavior, ctx.fingerprint)
-    if dest:
-        key = data_key(ctx.behavior, ctx.cfg.sampling, ctx.cfg.judge, ctx.fingerprint)
-        src = next(f for f in candidate_folders(ctx.cfg, key) if (f / "manifest.json").is_file())
-        if Path(dest).resolve() != src.resolve():
-            with atomic_path(dest) as tmp:
-                shutil.copytree(src, tmp)
+    if dest and Path(dest).resolve() != Path(manifest["path"]).resolve():
+        with atomic_path(dest) as tmp:
+            shutil.copytree(manifest["path"], tmp)
         print(f"wsteer: D+/D- written to {dest}")
     return {f"data/count_{s}": float(n) for s, n in manifest["counts"].items()}
 

@@ -47,6 +47,7 @@ class LoraPair:
     def __init__(self, model, adapter_cfg, sides):
         config = lora_config(adapter_cfg)
         self.sides = list(sides)
+        self._flags = [(p, p.requires_grad) for p in model.parameters()]  # PEFT freezes the base weights
         self.peft = get_peft_model(model, config, adapter_name=sides[0])
         for side in sides[1:]:
             self.peft.add_adapter(side, config)
@@ -62,6 +63,8 @@ class LoraPair:
 
     def remove(self) -> None:
         self.peft.unload()  # drop the LoRA layers; the base weights were never modified
+        for p, flag in self._flags:
+            p.requires_grad_(flag)
 
 
 class BiasPair(nn.Module):
