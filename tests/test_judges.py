@@ -4,6 +4,7 @@ OpenAI-compatible server (llama.cpp's, on loopback, serving the embedded SmolLM2
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import socket
@@ -406,3 +407,34 @@ def test_a_run_interrupted_by_a_dead_server_resumes_without_repaying_cached_item
     assert after[:2] == before and all(_in_range(v) for v in after)
     assert sorted(scored, key=items.index) == items[2:]  # only the items the dead server never answered
     assert resumed.judge(items) == after and len(scored) == 3
+
+
+@needs_server
+def test_a_small_sampling_run_judged_by_the_real_server_records_the_judge_and_reruns_for_free(server, tmp_path,
+                                                                                             monkeypatch):
+    import shutil
+
+    import wsteer.data.pairs as pairs
+    from tests.conftest import compose_cfg
+    from wsteer.recipes import train as train_recipe
+
+    judges = []
+    real_build = pairs.build_judge
+    monkeypatch.setattr(pairs, "build_judge", lambda cfg: judges.append(real_build(cfg)) or judges[-1])
+    overrides = ["debug=smoke", "logger=none", "stage=data", "judge=openai", f"judge.base_url={server.url}",
+                 "judge.model=smollm2-135m", "judge.min_numeric_mass=0.0", "sampling.max_questions=2",
+                 "sampling.max_prompts=2", "sampling.n_samples=2", "sampling.min_kept=0",
+                 f"judge.cache_dir={tmp_path / 'verdicts'}"]
+    train_recipe.run(compose_cfg("train", tmp_path, overrides))
+    folder = next((tmp_path / "cache" / "pairs" / "sycophancy").iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["judge"]["name"] == "openai" and manifest["judge"]["version"].startswith("1-")
+    assert manifest["key"]["judge"] == manifest["judge"]
+    assert manifest["filter"]["raw"] == {"pos": 8, "neg": 8}
+    assert manifest["counts"] == manifest["filter"]["kept"]
+    assert judges[-1].requests_made > 0
+
+    shutil.rmtree(folder)  # force the whole pipeline again: samples and verdicts both come from disk
+    train_recipe.run(compose_cfg("train", tmp_path, overrides))
+    assert judges[-1].requests_made == 0
+    assert json.loads((folder / "manifest.json").read_text())["data_hash"] == manifest["data_hash"]

@@ -192,3 +192,31 @@ def test_layer_choice_per_behavior_and_model_comes_from_config(tmp_path):
     cfg = compose_cfg("steer", tmp_path, ["method=activation"])
     assert cfg.method.layer == 15  # conf/behavior_model/sycophancy_smollm2_135m.yaml
     assert compose_cfg("steer", tmp_path, ["method=activation", "model=tiny"]).method.layer is None
+
+
+def test_task_and_joint_fine_tunes_give_an_adapter_that_steer_uses_as_theta_ft(smoke_cfg, tmp_path):
+    import json
+    from pathlib import Path
+
+    from wsteer.recipes import steer as steer_recipe
+    from wsteer.recipes import train as train_recipe
+
+    data = tmp_path / "task.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "response": f"{2 * i}."}) + "\n"
+                            for i in range(24)))
+    cfg = smoke_cfg("train", ["source=task", f"task.data={data}", "task.batch_size=4", "task.steps=4"])
+    train_recipe.run(cfg)
+    manifest = json.loads((Path(cfg.output_dir) / "task_manifest.json").read_text())
+    assert manifest["task_rows"] == manifest["rows"] == 24
+    adapter = manifest["adapter"]
+    assert (Path(adapter) / "adapter_config.json").is_file()
+
+    joint = smoke_cfg("train", ["source=joint", f"task.data={data}", "task.upsample=3", "task.steps=2",
+                                f"output_dir={tmp_path / 'joint'}"])
+    train_recipe.run(joint)
+    jm = json.loads((tmp_path / "joint" / "task_manifest.json").read_text())
+    assert jm["rows"] > jm["task_rows"] and (jm["rows"] - 24) % 3 == 0  # D- repeated 3×
+
+    steer = smoke_cfg("steer", [f"base_adapter={adapter}", "k=-2", f"output_dir={tmp_path / 'steer'}"])
+    steer_recipe.run(steer)  # the vector is checked against θ_pre and applied on θ_ft
+    assert "k = -2" in (tmp_path / "steer" / "report.md").read_text()

@@ -65,6 +65,17 @@ class Behavior:
     def system_prompts(self, side: str) -> list[str]:
         return self.pos_system_prompts if side == "pos" else self.neg_system_prompts
 
+    def limited(self, max_questions: int | None, max_prompts: int | None) -> Behavior:
+        """The first `max_questions` build questions and `max_prompts` prompts per side (small trial runs)."""
+        if max_questions is None and max_prompts is None:
+            return self
+        from dataclasses import replace
+
+        q, p = max_questions or len(self.build_questions), max_prompts or len(self.pos_system_prompts)
+        fixed = {s: t[:q] for s, t in self.fixed.items()} if self.fixed else None
+        return replace(self, build_questions=self.build_questions[:q], pos_system_prompts=self.pos_system_prompts[:p],
+                       neg_system_prompts=self.neg_system_prompts[:p], fixed=fixed)
+
     def fixed_responses(self, side: str) -> dict[str, str] | None:
         """`{build question: response}` for a side given as fixed text, else None (the side is sampled)."""
         if not self.fixed or side not in self.fixed:

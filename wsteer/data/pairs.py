@@ -198,9 +198,10 @@ def ensure_pairs(cfg: DictConfig, model, tokenizer, behavior: Behavior, fingerpr
     raw = sample_pairs(model, tokenizer, behavior, cfg.sampling, progress)
     kept, stats = judge_and_filter(raw, behavior, judge)
     counts = {s: len(kept[s]) for s in SIDES}
-    if min(counts.values()) < MIN_KEPT:
+    min_kept = cfg.sampling.get("min_kept", MIN_KEPT)
+    if min(counts.values()) < min_kept:
         raise WsteerError(
-            f"judge {judge.name!r} kept too few pairs: raw {stats['raw']}, kept {counts} (need ≥ {MIN_KEPT} per "
+            f"judge {judge.name!r} kept too few pairs: raw {stats['raw']}, kept {counts} (need ≥ {min_kept} per "
             f"side; dropped: {stats['dropped_reasons']}). Raise sampling.n_samples, relax judge.thresholds, or "
             "check the judge endpoint")
     manifest = {"key": key, "model": cfg.model.path, "behavior_version": behavior.version, "judge": judge.describe(),

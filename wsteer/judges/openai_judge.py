@@ -86,7 +86,7 @@ def load_prompts(prompts: str | os.PathLike | None) -> tuple[Path, str, dict[str
     return path, f"{data['version']}-{digest}", templates
 
 
-def score_from_top_logprobs(top: dict[str, float]) -> float | None:
+def score_from_top_logprobs(top: dict[str, float], min_mass: float = MIN_NUMERIC_MASS) -> float | None:
     """Probability-weighted mean of the integer tokens 0–100 among ``{token: logprob}``.
 
     Returns ``None`` when those tokens hold less than 25% of the probability: then the judge was mostly not
@@ -100,7 +100,7 @@ def score_from_top_logprobs(top: dict[str, float]) -> float | None:
         p = math.exp(logprob)
         mass += p
         total += p * int(text)
-    return total / mass if mass >= MIN_NUMERIC_MASS else None
+    return total / mass if mass > 0 and mass >= min_mass else None
 
 
 def score_from_text(text: str | None) -> float | None:
@@ -178,6 +178,7 @@ class OpenAIJudge(Judge):
         logprobs: bool = True,
         retry_backoff: float = 0.5,
         progress: bool = True,
+        min_numeric_mass: float = MIN_NUMERIC_MASS,
     ):
         import openai
 
@@ -196,6 +197,7 @@ class OpenAIJudge(Judge):
         self.max_retries = int(max_retries)
         self.retry_backoff = float(retry_backoff)
         self.progress = progress
+        self.min_numeric_mass = min_numeric_mass  # lower it only for tiny local judges that hedge in text
         self.prompts_path, self.version, self.templates = load_prompts(prompts)
         self.cache = VerdictCache(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), model,
                                   self.version)
@@ -264,7 +266,7 @@ class OpenAIJudge(Judge):
                 response = None  # the endpoint rejects logprob requests: parse text from now on
             top = _top_logprobs(response) if response is not None else None
             if top is not None:
-                return score_from_top_logprobs(top)
+                return score_from_top_logprobs(top, self.min_numeric_mass)
             # No logprobs came back; the endpoint will not start sending them, so later questions skip this try.
             self._use_logprobs = False
         try:

@@ -33,7 +33,8 @@ class Context:
 
 
 def prepare(cfg: DictConfig) -> Context:
-    behavior = Behavior.from_cfg(cfg.behavior)  # validate cheap things before the model load
+    behavior = Behavior.from_cfg(cfg.behavior).limited(  # validate cheap things before the model load
+        cfg.sampling.get("max_questions"), cfg.sampling.get("max_prompts"))
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

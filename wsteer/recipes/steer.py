@@ -105,7 +105,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         man = steerer.manifest
         sched = man.get("schedule", {})
         meta = {
-            "model": f"{cfg.model.path} (fingerprint {ctx.fingerprint})",
+            "model": f"{cfg.model.path} (fingerprint {ctx.fingerprint})"
+            + (f"; steered θ_ft = base + {cfg.base_adapter} (fingerprint {ctx.ft_fingerprint})" if ctx.ft_fingerprint else ""),
             "behavior": f"{ctx.behavior.name} (v{ctx.behavior.version}), {len(ctx.behavior.heldout_questions)} held-out questions",
             "method": steerer.describe(),
             "vector": f"{vpath} ({'built in this run' if built else 'reused'})" if vpath else "none",

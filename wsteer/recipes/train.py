@@ -5,7 +5,8 @@ Sources (`source=`):
 - `bias`: paired bias-only fine-tunes of every MLP output projection → Δb = b⁺ − b⁻;
 - `activation`: per-layer mean activation differences over response tokens → aˡ;
 - `finetune`: the paired LoRA fine-tunes with their weights saved every `finetune.checkpoint_every` steps
-  (the fine-tuning baseline's checkpoint curve).
+  (the fine-tuning baseline's checkpoint curve);
+- `task` / `joint`: a task fine-tune (θ_ft), optionally mixed with up-sampled D⁻ (`wsteer.recipes.task_finetune`).
 """
 
 from __future__ import annotations
@@ -206,6 +207,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return export_pairs(ctx, cfg.pairs_out)
     wb = start_run(cfg, "train")
     try:
+        if cfg.source in ("task", "joint"):
+            from wsteer.recipes.task_finetune import train_task
+
+            _, summary = train_task(ctx, cfg.source, _trainer, wb)
+            return {"val/best_loss_task": summary["best"]["val_loss"]}
         artifacts, folder, _ = ensure_artifacts(ctx, cfg.source, wb, force=True)
         # In the run dir the main artifact is always vector.safetensors (w, Δb or a), next to τ± for LoRA.
         names = {"contrastive": "vector", "pos": "tau_pos", "neg": "tau_neg", "bias": "vector", "activation": "vector"}

@@ -1,0 +1,75 @@
+"""Task fine-tunes that give θ_ft (paper §3.2, §3.4), as PEFT adapters to steer with `base_adapter=`.
+
+- `source=task`: one LoRA on task data (JSONL rows with `question` and `response`), the paper's task settings
+  (LoRA α 64, LR 2e-4, one epoch; App. B).
+- `source=joint`: the Joint baseline: the same task data mixed with D⁻ (e.g. non-sycophantic answers) up-sampled
+  `task.upsample` times (paper: 1×–6× for GCD).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from wsteer.data.pairs import ensure_pairs
+from wsteer.data.sft import PairedDataModule
+from wsteer.errors import WsteerError
+from wsteer.training.paired import LoraPair, PairedModule
+
+SIDE = "task"
+
+
+def load_task_rows(path: str | None) -> list[dict]:
+    if not path:
+        raise WsteerError("source=task/joint needs task.data=PATH: a JSONL file of {\"question\": ..., \"response\": ...}")
+    p = Path(path)
+    if not p.is_file():
+        raise WsteerError(f"task.data={path} does not exist")
+    rows = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            rows.append({"question": str(r["question"]), "response": str(r["response"])})
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise WsteerError(f"{path}:{i} is not a JSON object with question and response ({e})") from e
+    if len(rows) < 4:
+        raise WsteerError(f"{path} has {len(rows)} rows; a task fine-tune needs at least 4")
+    return rows
+
+
+def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
+    """Train the task (or joint) LoRA; save it as a PEFT adapter folder in the run dir; return (folder, summary)."""
+    cfg, task = ctx.cfg, ctx.cfg.task
+    rows = load_task_rows(task.data)
+    n_task = len(rows)
+    if source == "joint":
+        pairs, _ = ensure_pairs(cfg, ctx.model, ctx.tokenizer, ctx.behavior, ctx.fingerprint)
+        rows = rows + [{"question": r["question"], "response": r["response"]} for r in pairs["neg"]] * int(task.upsample)
+    dm = PairedDataModule(ctx.tokenizer, {SIDE: rows}, batch_size=task.batch_size, max_length=cfg.trainer.max_length,
+                          val_fraction=cfg.trainer.val_fraction, seed=cfg.seed)
+    steps = task.steps or math.ceil(len(dm.train_rows[SIDE]) / task.batch_size) * task.epochs
+    pair = LoraPair(ctx.model, task.adapter, [SIDE])
+    module = PairedModule(ctx.model, pair, lr=task.lr, weight_decay=cfg.trainer.weight_decay,
+                          warmup_steps=cfg.trainer.warmup_steps, total_steps=steps, grad_clip=cfg.trainer.grad_clip)
+    trainer = make_trainer(ctx, run, max_steps=steps, val_every=min(cfg.trainer.eval_every, steps))
+    t0 = time.perf_counter()
+    trainer.validate(module, datamodule=dm, verbose=False)
+    trainer.fit(module, datamodule=dm)
+    if module.history[-1]["step"] != steps:
+        trainer.validate(module, datamodule=dm, verbose=False)
+    ctx.timings["train_task"] = time.perf_counter() - t0
+    best = module.restore_best()
+    folder = ctx.out_dir / "adapter"
+    pair.peft.save_pretrained(str(folder), selected_adapters=[SIDE])
+    adapter = folder / SIDE if (folder / SIDE / "adapter_config.json").is_file() else folder
+    pair.remove()
+    ctx.model.eval()
+    summary = {"source": source, "task_rows": n_task, "rows": len(rows), "steps": steps, "best": best[SIDE],
+               "adapter": str(adapter)}
+    (ctx.out_dir / "task_manifest.json").write_text(json.dumps(summary, indent=2))
+    print(f"wsteer: {source} fine-tune saved as a PEFT adapter in {adapter}; steer it with base_adapter={adapter}")
+    return adapter, summary
