@@ -30,8 +30,10 @@ def test_embedded_model_loads_as_the_documented_architecture(smollm):
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
-def test_shipped_pairs_were_sampled_from_this_exact_model(smollm):
+@pytest.mark.parametrize("behavior", ["sycophancy", "evil", "refusal"])
+def test_shipped_pairs_were_sampled_from_this_exact_model(smollm, behavior):
     model, _ = smollm
-    manifest = json.loads((ROOT / "data/pairs/sycophancy/smollm2_135m/manifest.json").read_text())
+    manifest = json.loads((ROOT / f"data/pairs/{behavior}/smollm2_135m/manifest.json").read_text())
     assert manifest["key"]["model_fingerprint"] == fingerprint(model)
-    assert min(manifest["counts"].values()) >= 100
+    assert min(manifest["counts"].values()) >= 20
+    assert manifest["command"].startswith("python train.py stage=data")

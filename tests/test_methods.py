@@ -218,5 +218,10 @@ def test_task_and_joint_fine_tunes_give_an_adapter_that_steer_uses_as_theta_ft(s
     assert jm["rows"] > jm["task_rows"] and (jm["rows"] - 24) % 3 == 0  # D- repeated 3×
 
     steer = smoke_cfg("steer", [f"base_adapter={adapter}", "k=-2", f"output_dir={tmp_path / 'steer'}"])
-    steer_recipe.run(steer)  # the vector is checked against θ_pre and applied on θ_ft
-    assert "k = -2" in (tmp_path / "steer" / "report.md").read_text()
+    steer_recipe.run(steer)  # the vector is built on and checked against θ_pre, then applied on θ_ft
+    report = (tmp_path / "steer" / "report.md").read_text()
+    assert "k = -2" in report and f"θ_ft = base + {adapter}" in report
+    from wsteer.vectors import WeightVector
+
+    vec = WeightVector.load(next((tmp_path / "cache").glob("vectors/**/lora/*/contrastive.safetensors")))
+    assert vec.manifest["base_fingerprint"] in report.split("θ_ft")[0]  # θ_pre's fingerprint, not θ_ft's

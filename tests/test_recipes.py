@@ -75,3 +75,29 @@ def test_stage_data_samples_only_and_copies_the_dataset(smoke_cfg, tmp_path):
     dd, manifest = load_pairs(dest)
     assert metrics["data/count_pos"] == len(dd["pos"]) == manifest["counts"]["pos"]
     assert not list(Path(tmp_path / "cache").glob("vectors/**/*.safetensors"))  # no training happened
+
+
+def test_steer_exports_adapters_composes_behaviors_and_lists_the_library(smoke_cfg, tmp_path, capsys):
+    cfg = smoke_cfg("steer", ["export_adapter=true", "k=-2"])
+    steer_recipe.run(cfg)
+    assert (Path(cfg.output_dir) / "adapter_k=-2" / "adapter_config.json").is_file()
+    train_recipe.run(smoke_cfg("train", ["behavior=evil", f"output_dir={tmp_path / 'evil'}"]))
+
+    comp = smoke_cfg("steer", ["k={sycophancy: -2, evil: -1}", f"output_dir={tmp_path / 'comp'}"])
+    steer_recipe.run(comp)
+    report = (tmp_path / "comp" / "report.md").read_text()
+    assert "Composition: -2·w[sycophancy] + -1·w[evil]" in report
+
+    capsys.readouterr()
+    steer_recipe.run(smoke_cfg("steer", ["list_vectors=true"]))
+    listing = capsys.readouterr().out
+    assert "sycophancy" in listing and "evil" in listing and "contrastive" in listing
+
+
+def test_save_model_with_a_hook_method_is_refused_up_front(smoke_cfg):
+    import pytest
+
+    from wsteer.errors import WsteerError
+
+    with pytest.raises(WsteerError, match="save_model/export_adapter need a weight-vector method"):
+        steer_recipe.run(smoke_cfg("steer", ["method=activation", "save_model=true"]))

@@ -41,24 +41,26 @@ def prepare(cfg: DictConfig) -> Context:
     t0 = time.perf_counter()
     model, tokenizer = load_model(cfg.model, cfg.paths.cache_dir, cfg.device)
     ctx = Context(cfg, model, tokenizer, fingerprint(model), behavior, out_dir)
-    if cfg.get("base_adapter"):
-        ctx.ft_fingerprint = merge_base_adapter(ctx.model, cfg.base_adapter)
     ctx.timings["load_model"] = time.perf_counter() - t0
     return ctx
 
 
-def merge_base_adapter(model, path: str) -> str:
-    """θ_ft = θ_pre + a task fine-tune's merged PEFT adapter, in place; returns θ_ft's fingerprint.
+def merge_base_adapter(ctx: Context) -> None:
+    """θ_ft = θ_pre + the task fine-tune in `base_adapter` (a PEFT folder), merged in place.
 
-    Vectors are still checked against θ_pre (`Context.fingerprint`): they were built on the base model and are
-    meant to be added to its fine-tunes (paper §3.2, §3.4).
+    Call it after the steering artifacts exist: they are built on, and checked against, θ_pre
+    (`ctx.fingerprint`), and are meant to be added to its fine-tunes (paper §3.2, §3.4: θ_ft + k·w).
     """
+    path = ctx.cfg.get("base_adapter")
+    if not path:
+        return
     from peft import PeftModel
 
     from wsteer.errors import WsteerError
 
     if not (Path(path) / "adapter_config.json").is_file():
         raise WsteerError(f"base_adapter={path} is not a PEFT adapter folder (no adapter_config.json)")
-    PeftModel.from_pretrained(model, path).merge_and_unload()
-    model.eval()
-    return fingerprint(model)
+    with ctx.timed("merge_base_adapter"):
+        PeftModel.from_pretrained(ctx.model, path).merge_and_unload()
+        ctx.model.eval()
+        ctx.ft_fingerprint = fingerprint(ctx.model)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from wsteer.artifacts import write_text
 from wsteer.evaluation.lexical import tone_metrics
-from wsteer.recipes._common import prepare
+from wsteer.recipes._common import merge_base_adapter, prepare
 from wsteer.recipes.steer import answer_heldout, load_artifact, load_steerer, parse_ks
 from wsteer.report import steering_report
 from wsteer.tracking import log_generations, start_run
@@ -30,6 +30,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             steerer, _, _ = load_steerer(ctx)
         else:
             ks = [0.0]
+        merge_base_adapter(ctx)
         answers = answer_heldout(ctx, steerer, ks)
         metrics = {k: tone_metrics(a) for k, a in answers.items()}
         meta = {"model": f"{cfg.model.path} (fingerprint {ctx.fingerprint})",

@@ -14,10 +14,11 @@ from wsteer.errors import WsteerError
 from wsteer.evaluation.lexical import VERSION as LEXICAL_VERSION
 from wsteer.evaluation.lexical import tone_metrics
 from wsteer.generation import generate
-from wsteer.recipes._common import Context, prepare
+from wsteer.recipes._common import Context, merge_base_adapter, prepare
 from wsteer.recipes.train import ensure_artifacts
 from wsteer.report import steering_report
-from wsteer.steering.weight import check_k
+from wsteer.steering.k import check_k
+from wsteer.steering.weight import WeightSteerer
 from wsteer.tracking import log_generations, start_run
 from wsteer.vectors import DenseVector, WeightVector
 
@@ -56,7 +57,12 @@ def load_steerer(ctx: Context, run=None):
     else:
         if cfg.vector:
             path = Path(cfg.vector)
-            arts = {m.get("which") or m.source: load_artifact(path)}
+            art = load_artifact(path)
+            made_by = art.manifest.get("method")
+            if m.source == "finetune" or made_by not in (m.source, "weight" if m.source == "lora" else None):
+                raise WsteerError(f"{path} holds a {made_by!r} artifact, which method={m.name} cannot use; "
+                                  f"pass a vector built with train.py source={m.source} (finetune reads the cache)")
+            arts = {m.get("which") or m.source: art}
         else:
             arts, path, built = ensure_artifacts(ctx, m.source, run)
         if m.source == "finetune":
@@ -83,16 +89,47 @@ def load_artifact(path: Path):
     return DenseVector.load(path) if fmt == DenseVector.FORMAT else WeightVector.load(path)
 
 
+def composed_steerer(ctx: Context) -> tuple[WeightSteerer, str]:
+    """`k={sycophancy: -2, evil: -1}`: one exact vector Σᵢ kᵢ·wᵢ from each behavior's contrastive vector,
+    taken from `vector={name: path}` or else the newest matching vector in the library (cache)."""
+    from wsteer.library import compose, list_vectors
+
+    cfg, parts = ctx.cfg, {}
+    paths = cfg.vector if isinstance(cfg.vector, DictConfig) else {}
+    for name, k in cfg.k.items():
+        path = paths.get(name)
+        if path is None:
+            found = [r for r in list_vectors(cfg.paths.cache_dir) if r["behavior"] == name and not r["error"]
+                     and r["artifact"] == "contrastive" and r["fingerprint"] == ctx.fingerprint]
+            if not found:
+                raise WsteerError(f"no cached {name!r} vector for this model; build it with "
+                                  f"`python train.py behavior={name}` or pass vector.{name}=PATH")
+            path = max(found, key=lambda r: r["created"] or "")["path"]
+        vector = WeightVector.load(path)
+        WeightSteerer(vector).check_compatible(ctx.model, ctx.fingerprint, cfg.allow_transfer)
+        parts[name] = (vector, check_k(k))
+    label = " + ".join(f"{k:g}·w[{n}]" for n, (_, k) in parts.items())
+    return WeightSteerer(compose(parts), name=f"composition {label}"), label
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
+    if cfg.list_vectors:
+        from wsteer.library import format_listing, list_vectors
+
+        print(format_listing(list_vectors(cfg.paths.cache_dir)))
+        return {}
+    if isinstance(cfg.k, DictConfig):
+        return run_composition(cfg)
     ks = parse_ks(cfg.k)  # fail on a bad k before loading anything
-    if cfg.save_model and cfg.method.source not in ("lora", "finetune"):
-        raise WsteerError(f"save_model=true needs a weight-space method (weight, task_vector_*, finetune); "
-                          f"method={cfg.method.name} steers with hooks or prompts, which a saved model cannot hold")
+    if (cfg.save_model or cfg.export_adapter) and cfg.method.source != "lora":
+        raise WsteerError(f"save_model/export_adapter need a weight-vector method (weight, task_vector_pos/neg); "
+                          f"method={cfg.method.name} steers otherwise, which a saved model or LoRA cannot hold")
     t_start = time.perf_counter()
     ctx = prepare(cfg)
     wb = start_run(cfg, "steer")
     try:
         steerer, vpath, built = load_steerer(ctx, wb)
+        merge_base_adapter(ctx)  # θ_ft, after the artifacts were built on θ_pre
         if cfg.get("layers") is not None:
             from wsteer.recipes.layer_sweep import sweep_layers
 
@@ -120,14 +157,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
         report = steering_report(f"Steering {ctx.behavior.name} with k = {', '.join(f'{k:g}' for k in ks)}", meta,
                                  ctx.behavior.heldout_questions, answers, metrics, notes)
         write_text(ctx.out_dir / "report.md", report)
-        if cfg.save_model:
-            with ctx.timed("save_model"):
-                for k in ks:
-                    folder = ctx.out_dir / f"steered_model_k={k:g}"
-                    with steerer.apply(ctx.model, k):
-                        ctx.model.save_pretrained(folder, safe_serialization=True)
-                    ctx.tokenizer.save_pretrained(folder)
-                    write_json(folder / "wsteer_manifest.json", {"k": k, "vector": str(vpath), **man})
+        if cfg.save_model or cfg.export_adapter:
+            from wsteer.export import export_merged_model, export_peft_adapter
+
+            with ctx.timed("export"):
+                for k in (k for k in ks if k != 0):
+                    card = {"evaluation": metrics[k], "vector_path": str(vpath)}
+                    if cfg.save_model:
+                        export_merged_model(ctx.model, ctx.tokenizer, steerer, k, ctx.out_dir / f"steered_model_k={k:g}", card)
+                    if cfg.export_adapter:
+                        export_peft_adapter(steerer.vector, k, ctx.out_dir / f"adapter_k={k:g}", cfg.model.path,
+                                            model=ctx.model)
         ctx.timings["total"] = time.perf_counter() - t_start
         write_json(ctx.out_dir / "timings.json", ctx.timings)
         flat = {f"eval/heldout_tone/{name}@k={k:g}": v for k, m in metrics.items() for name, v in m.items()}
@@ -136,6 +176,38 @@ def run(cfg: DictConfig) -> dict[str, float]:
             wb.summary.update({**flat, **{f"time/{s}": v for s, v in ctx.timings.items()}})
         print(f"wsteer: report written to {ctx.out_dir / 'report.md'}")
         print("wsteer: stage timings (s): " + ", ".join(f"{s} {v:.1f}" for s, v in ctx.timings.items()))
+        return flat
+    finally:
+        if wb is not None:
+            wb.finish()
+
+
+def run_composition(cfg: DictConfig) -> dict[str, float]:
+    """Several behaviors at once, each at its own k, through one reversible apply (k = 1 of the composed vector)."""
+    for v in cfg.k.values():
+        check_k(v)
+    ctx = prepare(cfg)
+    wb = start_run(cfg, "steer")
+    try:
+        steerer, label = composed_steerer(ctx)
+        merge_base_adapter(ctx)
+        answers = answer_heldout(ctx, steerer, [0.0, 1.0])
+        answers = {0.0: answers[0.0], 1.0: answers[1.0]}
+        metrics = {k: tone_metrics(a, answers[0.0]) for k, a in answers.items()}
+        meta = {"model": f"{cfg.model.path} (fingerprint {ctx.fingerprint})", "method": steerer.describe(),
+                "columns": f"k = 0 is the base model; k = 1 is θ + {label}",
+                "questions": f"held-out questions of {ctx.behavior.name}"}
+        write_text(ctx.out_dir / "report.md", steering_report(f"Composition: {label}", meta,
+                                                             ctx.behavior.heldout_questions, answers, metrics))
+        if cfg.export_adapter:
+            from wsteer.export import export_peft_adapter
+
+            export_peft_adapter(steerer.vector, 1.0, ctx.out_dir / "adapter_composed", cfg.model.path, model=ctx.model)
+        flat = {f"eval/heldout_tone/{n}@composed": v for n, v in metrics[1.0].items()}
+        if wb is not None:
+            log_generations(wb, ctx.behavior.heldout_questions, answers)
+            wb.summary.update(flat)
+        print(f"wsteer: report written to {ctx.out_dir / 'report.md'}")
         return flat
     finally:
         if wb is not None:
