@@ -48,8 +48,8 @@ class Behavior:
                 raise WsteerError(f"behavior {d['name']!r}: fixed_responses.{side} needs one text per build question "
                                   f"({len(d['build_questions'])}), got {len(texts)}")
         demo = d.get("demonstration")
-        if demo is not None and not all(demo.get(k) for k in ("user", "pos", "neg")):
-            raise WsteerError(f"behavior {d['name']!r}: demonstration needs user, pos and neg texts")
+        if demo is not None and not (demo.get("user") and (demo.get("pos") or demo.get("neg"))):
+            raise WsteerError(f"behavior {d['name']!r}: demonstration needs a user text and a pos and/or neg reply")
         return cls(
             name=d["name"],
             version=int(d.get("version", 1)),

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict, Features, Value, load_from_disk
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
@@ -148,12 +148,21 @@ def content_hash(dd: DatasetDict) -> str:
     return stable_hash({s: [[r["question"], r["response"]] for r in dd[s]] for s in SIDES})
 
 
+ROW_FEATURES = Features({
+    "question": Value("string"), "response": Value("string"), "system_prompt": Value("string"),
+    "system_prompt_index": Value("int64"), "sample_index": Value("int64"), "finished": Value("bool"),
+    "trait_score": Value("float64"), "coherence_score": Value("float64"),
+})
+
+
 def save_pairs(rows: dict[str, list[dict]], folder: Path, manifest: dict) -> None:
-    dd = DatasetDict({s: Dataset.from_list(rows[s]) for s in SIDES})
+    # Fixed features and one shard per split, so a side that the judge emptied still saves and loads.
+    dd = DatasetDict({s: Dataset.from_dict({k: [r.get(k) for r in rows[s]] for k in ROW_FEATURES},
+                                           features=ROW_FEATURES) for s in SIDES})
     manifest = {**manifest, "counts": {s: len(rows[s]) for s in SIDES}, "data_hash": content_hash(dd),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with atomic_path(folder) as tmp:
-        dd.save_to_disk(str(tmp))
+        dd.save_to_disk(str(tmp), num_shards={s: 1 for s in SIDES})
         write_json(tmp / "manifest.json", manifest)
 
 

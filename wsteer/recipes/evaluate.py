@@ -19,6 +19,8 @@ from wsteer.tracking import log_generations, start_run
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
+    if cfg.evaluator.name == "weight_similarity":
+        return compare_deltas(cfg)
     ks = parse_ks(cfg.k)
     if cfg.vector:
         load_artifact(Path(cfg.vector))  # fail on a bad file before the model load
@@ -46,3 +48,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     finally:
         if wb is not None:
             wb.finish()
+
+
+def compare_deltas(cfg: DictConfig) -> dict[str, float]:
+    """Cosine matrix of saved deltas (paper §5) as a table and heatmap; no model is loaded."""
+    from wsteer.errors import WsteerError
+    from wsteer.monitoring.compare import compare
+
+    paths = [str(p) for p in cfg.vectors]
+    if len(paths) < 2:
+        raise WsteerError("evaluator=weight_similarity needs at least two deltas: 'vectors=[a.safetensors,b/]'")
+    names, matrix = compare(paths, Path(cfg.output_dir))
+    return {f"similarity/{a}/{b}": float(matrix[i][j]) for i, a in enumerate(names) for j, b in enumerate(names) if i < j}

@@ -88,7 +88,10 @@ def _trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None = Non
     loggers = [CSVLogger(str(ctx.out_dir), name="train_log")]
     if run is not None:
         loggers.append(WandbLogger(experiment=run))
+    from wsteer.monitoring.callback import callbacks_from_cfg
+
     return L.Trainer(
+        callbacks=callbacks_from_cfg(ctx.cfg.get("callbacks"), ctx.out_dir),
         max_steps=max_steps, val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         accelerator=t.accelerator, devices=1, precision=t.precision, logger=loggers, log_every_n_steps=1,
         enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(ctx.out_dir),
