@@ -99,8 +99,9 @@ def sample_pairs(model, tokenizer, behavior: Behavior, sampling: DictConfig,
                 done[(side, q, s_idx, n)] = {**_row(q, s_idx, sp, n, fixed[q], True), "side": side}
             elif (side, q, s_idx, n) not in done:
                 todo.append((side, job))
-    if done and todo:
-        print(f"wsteer: resuming sampling: {len(done)} answers on disk, {len(todo)} to go")
+    resumed = len(done) - sum(len(_jobs(behavior, s, sampling.n_samples)) for s in SIDES if behavior.fixed_responses(s))
+    if resumed and todo:
+        print(f"wsteer: resuming sampling: {resumed} answers on disk, {len(todo)} to go")
     bs = sampling.batch_size
     out = progress_file.open("a") if progress_file is not None else None
     try:
@@ -134,6 +135,9 @@ def judge_and_filter(rows: dict[str, list[dict]], behavior: Behavior, judge) -> 
     for side in SIDES:
         items = [JudgeItem(behavior.name, behavior.description, r["question"], r["response"]) for r in rows[side]]
         verdicts[side] = judge.judge(items)
+    if hasattr(judge, "requests_made"):
+        print(f"wsteer: judge {judge.name} made {judge.requests_made} request(s) for "
+              f"{sum(len(r) for r in rows.values())} answers (the rest came from its verdict cache)")
     th = judge.thresholds
     keep_pos, keep_neg, stats = filter_pairs(rows["pos"], rows["neg"], verdicts["pos"], verdicts["neg"],
                                              th["trait"], th["coherence"])

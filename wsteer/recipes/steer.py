@@ -69,7 +69,7 @@ def load_steerer(ctx: Context, run=None):
             kwargs = {"checkpoints": arts}
         else:
             vector = arts[m.get("which") or m.source]
-            if m.get("which") == "neg" and not cfg.vector:
+            if m.get("which") == "neg" and vector.manifest.get("variant") == "tau_neg":
                 vector = vector.scaled(-1.0, variant="minus_tau_neg")  # θ − k·τ⁻
             kwargs = {"vector": vector}
     steerer = instantiate(m, exclude=METHOD_KEYS, **kwargs)
