@@ -21,6 +21,10 @@ from wsteer.tracking import log_generations, start_run
 def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.evaluator.name == "weight_similarity":
         return compare_deltas(cfg)
+    if cfg.report:
+        from wsteer.recipes.sweep_report import run_report
+
+        return run_report(cfg.report, cfg.output_dir)
     ks = parse_ks(cfg.k)
     if cfg.vector:
         load_artifact(Path(cfg.vector))  # fail on a bad file before the model load

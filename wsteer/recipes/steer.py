@@ -171,6 +171,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         ctx.timings["total"] = time.perf_counter() - t_start
         write_json(ctx.out_dir / "timings.json", ctx.timings)
         flat = {f"eval/heldout_tone/{name}@k={k:g}": v for k, m in metrics.items() for name, v in m.items()}
+        write_json(ctx.out_dir / "metrics.json", flat)
         if wb is not None:
             log_generations(wb, ctx.behavior.heldout_questions, answers)
             wb.summary.update({**flat, **{f"time/{s}": v for s, v in ctx.timings.items()}})
