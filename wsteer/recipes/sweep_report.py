@@ -9,7 +9,6 @@ The paper-style trade-off plot (behavior against capability) arrives with the ca
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
