@@ -225,3 +225,19 @@ def test_task_and_joint_fine_tunes_give_an_adapter_that_steer_uses_as_theta_ft(s
 
     vec = WeightVector.load(next((tmp_path / "cache").glob("vectors/**/lora/*/contrastive.safetensors")))
     assert vec.manifest["base_fingerprint"] in report.split("θ_ft")[0]  # θ_pre's fingerprint, not θ_ft's
+
+
+def test_a_training_failure_leaves_the_base_model_clean_and_names_the_fix(smoke_cfg, monkeypatch):
+    from peft.tuners.lora import LoraLayer
+
+    from wsteer.errors import WsteerError
+    from wsteer.training.paired import PairedModule
+
+    cfg = smoke_cfg("train")
+    ctx = prepare(cfg)
+    state = {n: t.clone() for n, t in ctx.model.state_dict().items()}
+    monkeypatch.setattr(PairedModule, "_loss", lambda self, side, batch: (torch.tensor(float("nan")), 1))
+    with pytest.raises(WsteerError, match="lower the learning rate"):
+        ensure_artifacts(ctx, "lora")
+    assert not any(isinstance(m, LoraLayer) for m in ctx.model.modules())
+    assert all(torch.equal(ctx.model.state_dict()[n], t) for n, t in state.items())

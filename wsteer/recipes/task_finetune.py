@@ -55,19 +55,21 @@ def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
     pair = LoraPair(ctx.model, task.adapter, [SIDE])
     module = PairedModule(ctx.model, pair, lr=task.lr, weight_decay=cfg.trainer.weight_decay,
                           warmup_steps=cfg.trainer.warmup_steps, total_steps=steps, grad_clip=cfg.trainer.grad_clip)
-    trainer = make_trainer(ctx, run, max_steps=steps, val_every=min(cfg.trainer.eval_every, steps))
-    t0 = time.perf_counter()
-    trainer.validate(module, datamodule=dm, verbose=False)
-    trainer.fit(module, datamodule=dm)
-    if module.history[-1]["step"] != steps:
+    try:  # the base model must come back clean even if training fails
+        trainer = make_trainer(ctx, run, max_steps=steps, val_every=min(cfg.trainer.eval_every, steps))
+        t0 = time.perf_counter()
         trainer.validate(module, datamodule=dm, verbose=False)
-    ctx.timings["train_task"] = time.perf_counter() - t0
-    best = module.restore_best()
-    folder = ctx.out_dir / "adapter"
-    pair.peft.save_pretrained(str(folder), selected_adapters=[SIDE])
-    adapter = folder / SIDE if (folder / SIDE / "adapter_config.json").is_file() else folder
-    pair.remove()
-    ctx.model.eval()
+        trainer.fit(module, datamodule=dm)
+        if module.history[-1]["step"] != steps:
+            trainer.validate(module, datamodule=dm, verbose=False)
+        ctx.timings["train_task"] = time.perf_counter() - t0
+        best = module.restore_best()
+        folder = ctx.out_dir / "adapter"
+        pair.peft.save_pretrained(str(folder), selected_adapters=[SIDE])
+        adapter = folder / SIDE if (folder / SIDE / "adapter_config.json").is_file() else folder
+    finally:
+        pair.remove()
+        ctx.model.eval()
     summary = {"source": source, "task_rows": n_task, "rows": len(rows), "steps": steps, "best": best[SIDE],
                "adapter": str(adapter)}
     (ctx.out_dir / "task_manifest.json").write_text(json.dumps(summary, indent=2))

@@ -109,6 +109,16 @@ def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None) 
     every = cfg.finetune.checkpoint_every if source == "finetune" else None
     module = PairedModule(ctx.model, pair, lr=lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                           total_steps=t.steps, grad_clip=t.grad_clip, checkpoint_every=every)
+    try:  # the base model must come back clean even if training fails
+        return _fit_and_export(ctx, pair, module, dm, data_manifest, source, run)
+    finally:
+        pair.remove()
+        ctx.model.eval()
+
+
+def _fit_and_export(ctx: Context, pair, module: PairedModule, dm, data_manifest: dict, source: str, run):
+    """Validate at step 0, fit, keep each side's best weights, and export them as artifacts."""
+    cfg, t = ctx.cfg, ctx.cfg.trainer
     # manual optimization counts one global step per optimizer, i.e. per side
     trainer = _trainer(ctx, run, max_steps=t.steps * len(SIDES), val_every=t.eval_every)
     t0 = time.perf_counter()
@@ -126,7 +136,7 @@ def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None) 
             for step, by_side in module.checkpoints.items():
                 for side in SIDES:
                     m = _manifest(ctx, "finetune", data_manifest, side=side, step=step, **extra)
-                    out[f"{side}_step{step}"] = WeightVector({n: f for n, f in by_side[side].items()}, m)
+                    out[f"{side}_step{step}"] = WeightVector(dict(by_side[side]), m)
         else:
             best = module.restore_best()
             extra["best"] = best
@@ -142,8 +152,6 @@ def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None) 
                 out["neg"] = WeightVector(exported["neg"], {**m, "variant": "tau_neg"})
                 for v in out.values():
                     v.manifest["norm"] = v.norm()
-        pair.remove()
-        ctx.model.eval()
     return out
 
 
