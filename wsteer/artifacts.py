@@ -42,6 +42,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
     tmp = Path(tmp)
     try:
         yield tmp
+        _default_permissions(tmp)
         if final.is_dir() and tmp.is_dir():
             import shutil
 
@@ -52,6 +53,15 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
             import shutil
 
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def _default_permissions(path: Path) -> None:
+    """Give written files the usual umask permissions (safetensors writes 0600, which a shared server cannot read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for f in files:
+        os.chmod(f, 0o666 & ~umask)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -172,6 +173,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         write_json(ctx.out_dir / "timings.json", ctx.timings)
         flat = {f"eval/heldout_tone/{name}@k={k:g}": v for k, m in metrics.items() for name, v in m.items()}
         write_json(ctx.out_dir / "metrics.json", flat)
+        write_text(ctx.out_dir / "generations.jsonl", "".join(
+            json.dumps({"k": k, "question": q, "answer": a}) + "\n"
+            for k, outs in answers.items() for q, a in zip(ctx.behavior.heldout_questions, outs, strict=True)))
         if wb is not None:
             log_generations(wb, ctx.behavior.heldout_questions, answers)
             wb.summary.update({**flat, **{f"time/{s}": v for s, v in ctx.timings.items()}})
