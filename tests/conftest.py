@@ -57,3 +57,14 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
     env.update(WSTEER_CACHE=str(tmp_path / "cache"), WANDB_MODE="offline", WANDB_DIR=str(tmp_path),
                HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return env
+
+
+def snapshot(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+
+def assert_bitwise(model, snap: dict) -> None:
+    state = model.state_dict()
+    assert state.keys() == snap.keys()
+    for n, t in snap.items():
+        assert torch.equal(state[n], t), n

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from tests.conftest import CONF, subprocess_env
+from tests.conftest import CONF, assert_bitwise, snapshot, subprocess_env
 from wsteer.errors import WsteerError
 from wsteer.export import export_merged_model, export_peft_adapter
 from wsteer.generation import generate, render_prompt
@@ -43,17 +43,6 @@ def _greedy_ids(model, tok) -> list[list[int]]:
 
 def _fresh_tiny():
     return load_model(OmegaConf.load(CONF / "model" / "tiny.yaml"), "/nonexistent", device="cpu")
-
-
-def _snapshot(model):
-    return {n: p.detach().clone() for n, p in model.state_dict().items()}
-
-
-def _assert_bitwise(model, snap):
-    state = model.state_dict()
-    assert state.keys() == snap.keys()
-    for n, t in snap.items():
-        assert torch.equal(state[n], t), n
 
 
 def _contrastive(model, seed: int, behavior: str, target_modules="all-linear") -> WeightVector:
@@ -102,7 +91,7 @@ def test_exported_adapter_merged_by_plain_peft_is_theta_plus_k_w_and_leaves_the_
     setup, tmp_path, k
 ):
     model, _, vector = setup
-    snap = _snapshot(model)
+    snap = snapshot(model)
     folder = export_peft_adapter(vector, k, tmp_path / "adapter", "wsteer/tiny-random-llama")
     merged = _merge_exported(folder)
     assert fingerprint(_fresh_tiny()[0]) == vector.manifest["base_fingerprint"]  # same base θ
@@ -202,17 +191,17 @@ def test_exported_adapter_reproduces_steered_generations_with_plain_peft_in_a_se
 def test_composition_equals_nested_application_of_each_part_and_undo_is_bitwise(setup):
     model, _, w1 = setup
     w2 = _contrastive(model, seed=2, behavior="evil", target_modules=["q_proj", "v_proj", "down_proj"])
-    snap = _snapshot(model)
+    snap = snapshot(model)
     with WeightSteerer(w1).apply(model, -2.0), WeightSteerer(w2).apply(model, 0.5):
-        nested = _snapshot(model)
-    _assert_bitwise(model, snap)
+        nested = snapshot(model)
+    assert_bitwise(model, snap)
     composed = compose({"sycophancy": (w1, -2.0), "evil": (w2, 0.5)})
     assert composed.factors.keys() == w1.factors.keys()  # modules only in w1 are kept
     with WeightSteerer(composed).apply(model, 1.0):
         state = model.state_dict()
         for n, t in nested.items():
             torch.testing.assert_close(state[n], t, rtol=0, atol=1e-6)
-    _assert_bitwise(model, snap)
+    assert_bitwise(model, snap)
     assert composed.manifest["behavior"] == "sycophancy+evil"
     assert [(p["name"], p["k"]) for p in composed.manifest["parts"]] == [("sycophancy", -2.0), ("evil", 0.5)]
     assert composed.manifest["base_fingerprint"] == w1.manifest["base_fingerprint"]
@@ -224,7 +213,7 @@ def test_composed_vector_with_uneven_ranks_exports_zero_padded_and_merges_exactl
     composed = compose({"sycophancy": (w1, -1.0), "evil": (w2, 2.0)})
     ranks = {b.shape[1] for b, _ in composed.factors.values()}
     assert ranks == {2 * ADAPTER.r, 4 * ADAPTER.r}
-    snap = _snapshot(model)
+    snap = snapshot(model)
     folder = export_peft_adapter(composed, 1.0, tmp_path / "adapter", "wsteer/tiny-random-llama")
     assert json.loads((folder / "adapter_config.json").read_text())["r"] == 4 * ADAPTER.r
     deltas = {n: composed.delta(n) for n in composed.factors}
@@ -256,14 +245,14 @@ def test_merged_export_loads_with_transformers_equals_theta_plus_k_w_and_restore
 
     model, tok, vector = setup
     k = -2.0
-    snap = _snapshot(model)
+    snap = snapshot(model)
     card = {"evaluation": {"agree_rate": 0.25, "changed_vs_k0": 0.9}, "notes": "tiny random model"}
     folder = export_merged_model(model, tok, WeightSteerer(vector), k, tmp_path / "merged", card)
-    _assert_bitwise(model, snap)
+    assert_bitwise(model, snap)
     loaded = AutoModelForCausalLM.from_pretrained(str(folder))
     _assert_merged_is_theta_plus(loaded, snap, {n: k * vector.delta(n) for n in vector.factors})
     with WeightSteerer(vector).apply(model, k):
-        _assert_bitwise(loaded, _snapshot(model))  # exactly the in-process steered weights
+        assert_bitwise(loaded, snapshot(model))  # exactly the in-process steered weights
     readme = (folder / "README.md").read_text()
     for needle in ("base_model: wsteer/tiny-random-llama", "sycophancy", "k = -2", "agree_rate", "0.25",
                    vector.manifest["base_fingerprint"]):
@@ -275,7 +264,7 @@ def test_merged_export_loads_with_transformers_equals_theta_plus_k_w_and_restore
 
 def test_merged_export_refuses_a_steerer_that_works_through_hooks(setup, tmp_path):
     model, tok, _ = setup
-    snap = _snapshot(model)
+    snap = snapshot(model)
     bias = DenseVector({n: torch.ones(m.out_features) for n, m in mlp_output_projections(model)},
                        {"base_model": "tiny", "base_fingerprint": fingerprint(model), "behavior": "b",
                         "method": "bias"})
@@ -283,7 +272,7 @@ def test_merged_export_refuses_a_steerer_that_works_through_hooks(setup, tmp_pat
         export_merged_model(model, tok, BiasSteerer(bias), -1.0, tmp_path / "m")
     assert not (tmp_path / "m").exists()
     assert all(not m._forward_hooks for m in model.modules())
-    _assert_bitwise(model, snap)
+    assert_bitwise(model, snap)
 
 
 def test_list_vectors_finds_complete_artifact_folders_in_the_cache(setup, tmp_path, capsys):

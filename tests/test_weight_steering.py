@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from peft import get_peft_model
 
+from tests.conftest import assert_bitwise, snapshot
 from wsteer.errors import WsteerError
 from wsteer.models import fingerprint
 from wsteer.steering.weight import WeightSteerer
@@ -16,17 +17,6 @@ from wsteer.training.paired import lora_config, lora_factors
 from wsteer.vectors import WeightVector
 
 ADAPTER = OmegaConf.create({"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"})
-
-
-def _snapshot(model):
-    return {n: p.detach().clone() for n, p in model.state_dict().items()}
-
-
-def _assert_bitwise(model, snap):
-    state = model.state_dict()
-    assert state.keys() == snap.keys()
-    for n, t in snap.items():
-        assert torch.equal(state[n], t), n
 
 
 def _peft_pair(model):
@@ -71,36 +61,36 @@ def test_stored_low_rank_vector_equals_difference_of_merged_weights(vector_and_m
 
 def test_unloading_the_adapters_leaves_the_base_model_bitwise_unchanged(tiny):
     model, _ = tiny
-    snap = _snapshot(model)
+    snap = snapshot(model)
     _peft_pair(model).unload()
-    _assert_bitwise(model, snap)
+    assert_bitwise(model, snap)
 
 
 def test_k_zero_changes_no_parameter(vector_and_model):
     vector, model, _, _ = vector_and_model
-    snap = _snapshot(model)
+    snap = snapshot(model)
     with WeightSteerer(vector).apply(model, 0):
-        _assert_bitwise(model, snap)
+        assert_bitwise(model, snap)
 
 
 @pytest.mark.parametrize("k", [-2.0, 0.5, 4])
 def test_apply_sets_theta_plus_k_w_and_undo_restores_bitwise(vector_and_model, k):
     vector, model, _, _ = vector_and_model
-    snap = _snapshot(model)
+    snap = snapshot(model)
     with WeightSteerer(vector).apply(model, k):
         state = model.state_dict()
         for name in vector.factors:
             torch.testing.assert_close(state[name], snap[name] + k * vector.delta(name), rtol=0, atol=1e-6)
         assert not torch.equal(state[name], snap[name])
-    _assert_bitwise(model, snap)
+    assert_bitwise(model, snap)
 
 
 def test_undo_happens_even_when_the_block_raises(vector_and_model):
     vector, model, _, _ = vector_and_model
-    snap = _snapshot(model)
+    snap = snapshot(model)
     with pytest.raises(RuntimeError), WeightSteerer(vector).apply(model, -2):
         raise RuntimeError("boom")
-    _assert_bitwise(model, snap)
+    assert_bitwise(model, snap)
 
 
 def test_steering_changes_the_logits_in_both_directions(vector_and_model, tiny):

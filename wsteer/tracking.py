@@ -40,3 +40,11 @@ def log_generations(run, questions: list[str], answers: dict[float, list[str]], 
         for q, a in zip(questions, outs, strict=True):
             table.add_data(q, k, a)
     run.log({key: table})
+
+
+def log_results(run, questions: list[str], answers: dict[float, list[str]], summary: dict[str, float]) -> None:
+    """The end of an evaluation run: the generations table and the summary metrics."""
+    if run is None:
+        return
+    log_generations(run, questions, answers)
+    run.summary.update(summary)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from wsteer.artifacts import atomic_path
+from wsteer.artifacts import save_figure
 from wsteer.errors import WsteerError
 from wsteer.vectors import DenseVector, WeightVector
 
@@ -759,7 +759,4 @@ def heatmap(
     fig.colorbar(im, ax=ax, label="cosine (scale: off-diagonal range)", shrink=0.8)
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
-    return path
+    return save_figure(fig, path, dpi=150)

@@ -15,7 +15,7 @@ from wsteer.evaluation.lexical import tone_metrics
 from wsteer.recipes._common import merge_base_adapter, prepare
 from wsteer.recipes.steer import answer_heldout, load_artifact, load_steerer, parse_ks
 from wsteer.report import steering_report
-from wsteer.tracking import log_generations, start_run
+from wsteer.tracking import log_results, start_run
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -44,9 +44,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         write_text(ctx.out_dir / "report.md", steering_report(f"Evaluation: {ctx.behavior.name} held-out questions",
                                                              meta, ctx.behavior.heldout_questions, answers, metrics))
         flat = {f"eval/heldout_tone/{n}@k={k:g}": v for k, m in metrics.items() for n, v in m.items()}
-        if wb is not None:
-            log_generations(wb, ctx.behavior.heldout_questions, answers)
-            wb.summary.update(flat)
+        log_results(wb, ctx.behavior.heldout_questions, answers, flat)
         print(f"wsteer: report written to {ctx.out_dir / 'report.md'}")
         return flat
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsteer.artifacts import write_text
+from wsteer.artifacts import save_figure, write_text
 from wsteer.errors import WsteerError
 from wsteer.evaluation.lexical import tone_metrics
 
@@ -75,8 +75,4 @@ def plot_sweep(rows, ref: dict[str, float], path: Path, title: str) -> Path:
     axes[-1].legend(fontsize=8)
     fig.suptitle(f"Activation steering by layer — {title}")
     fig.tight_layout()
-    with_tmp = path.with_suffix(".tmp.png")
-    fig.savefig(with_tmp, dpi=120)
-    plt.close(fig)
-    with_tmp.replace(path)
-    return path
+    return save_figure(fig, path)

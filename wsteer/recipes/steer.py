@@ -20,7 +20,7 @@ from wsteer.recipes.train import ensure_artifacts
 from wsteer.report import steering_report
 from wsteer.steering.k import check_k
 from wsteer.steering.weight import WeightSteerer
-from wsteer.tracking import log_generations, start_run
+from wsteer.tracking import log_generations, log_results, start_run
 from wsteer.vectors import DenseVector, WeightVector
 
 
@@ -209,9 +209,7 @@ def run_composition(cfg: DictConfig) -> dict[str, float]:
 
             export_peft_adapter(steerer.vector, 1.0, ctx.out_dir / "adapter_composed", cfg.model.path, model=ctx.model)
         flat = {f"eval/heldout_tone/{n}@composed": v for n, v in metrics[1.0].items()}
-        if wb is not None:
-            log_generations(wb, ctx.behavior.heldout_questions, answers)
-            wb.summary.update(flat)
+        log_results(wb, ctx.behavior.heldout_questions, answers, flat)
         print(f"wsteer: report written to {ctx.out_dir / 'report.md'}")
         return flat
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from wsteer.artifacts import write_text
+from wsteer.artifacts import save_figure, write_text
 from wsteer.errors import WsteerError
 
 METRICS = ("agree_rate", "pushback_rate", "changed_vs_k0", "mean_words")
@@ -73,11 +73,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     axes[1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def run_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wb=None) -> dict[str, float]:
