@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,12 @@ class Context:
         t0 = time.perf_counter()
         yield
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+# Library deprecation chatter that says nothing about the user's run (Lightning's pytree internals, a
+# transformers rename that PEFT still calls); everything else is left visible.
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 def prepare(cfg: DictConfig) -> Context:
