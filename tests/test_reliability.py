@@ -1,0 +1,73 @@
+"""Safety of inputs and outputs: secrets never written anywhere, pickles never executed (issue 8, first cases)."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, subprocess_env
+
+pytestmark = pytest.mark.reliability
+
+SENTINEL = "sk-wsteer-sentinel-9f8e7d6c5b4a"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(tmp_path: Path, script: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**subprocess_env(tmp_path), **(env_extra or {})}
+    return subprocess.run([sys.executable, script, "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_an_api_key_from_the_environment_never_reaches_configs_logs_manifests_or_wandb(tmp_path):
+    # A judge run against a dead local endpoint, with W&B logging on: it must fail with one clear line, and
+    # nothing it wrote (Hydra's saved config, logs, the W&B offline run, caches) may contain the key.
+    proc = _cli(tmp_path, "train.py", "logger=wandb", "judge=openai",
+                f"judge.base_url=http://127.0.0.1:{_free_port()}/v1", "judge.max_retries=1", "judge.timeout=2",
+                env_extra={"OPENAI_API_KEY": SENTINEL})
+    assert proc.returncode == 2 and "unreachable" in proc.stderr, proc.stderr
+    assert SENTINEL not in proc.stdout + proc.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(".hydra" in str(p) for p in written) and any("offline-run" in str(p) for p in written)
+    leaks = [p for p in written if SENTINEL.encode() in p.read_bytes()]
+    assert not leaks, leaks
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_malicious_pickle_passed_as_a_vector_is_refused_without_being_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "vector.safetensors"
+    bad.write_bytes(pickle.dumps(_Exploit(marker)))
+    proc = _cli(tmp_path, "steer.py", "logger=none", f"vector={bad}")
+    assert proc.returncode == 2 and "truncated or corrupt" in proc.stderr, proc.stderr
+    assert not marker.exists()
+    torch_pickle = tmp_path / "vector.pt"
+    import torch
+
+    torch.save({"x": _Exploit(marker)}, torch_pickle)
+    proc = _cli(tmp_path, "steer.py", "logger=none", f"vector={torch_pickle}")
+    assert proc.returncode == 2 and not marker.exists(), proc.stderr
+
+
+def test_no_module_loads_weights_with_pickle():
+    # Every tensor file goes through safetensors; torch.load (pickle) appears nowhere in the package.
+    offenders = [p for p in (ROOT / "wsteer").rglob("*.py")
+                 if "torch.load(" in p.read_text() or "pickle.load" in p.read_text()]
+    assert not offenders, offenders
