@@ -12,6 +12,8 @@ from safetensors.torch import save_file
 
 from tests.conftest import ROOT, subprocess_env
 
+pytestmark = pytest.mark.reliability
+
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(

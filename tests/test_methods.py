@@ -178,6 +178,7 @@ def test_finetune_checkpoints_are_addressed_by_signed_step(built):
         pass
 
 
+@pytest.mark.reliability
 def test_activation_layer_out_of_range_is_a_clear_error(built):
     ctx, arts = built
     from wsteer.errors import WsteerError
@@ -227,6 +228,7 @@ def test_task_and_joint_fine_tunes_give_an_adapter_that_steer_uses_as_theta_ft(s
     assert vec.manifest["base_fingerprint"] in report.split("θ_ft")[0]  # θ_pre's fingerprint, not θ_ft's
 
 
+@pytest.mark.reliability
 def test_a_training_failure_leaves_the_base_model_clean_and_names_the_fix(smoke_cfg, monkeypatch):
     from peft.tuners.lora import LoraLayer
 

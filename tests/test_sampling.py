@@ -43,6 +43,7 @@ def test_filtering_keeps_matched_pairs_with_trait_on_pos_only_and_both_coherent(
     assert kept["pos"][0]["trait_score"] == 100.0
 
 
+@pytest.mark.reliability
 def test_too_few_kept_pairs_is_a_clear_error_naming_the_counts(smoke_cfg, tiny, monkeypatch):
     import wsteer.data.pairs as pairs
 
@@ -63,6 +64,7 @@ def test_fixed_text_side_is_used_verbatim_and_paired_with_every_sample(tiny):
     assert {r["question"] for r in rows["pos"]} == set(b.build_questions)
 
 
+@pytest.mark.reliability
 def test_sampling_killed_midway_resumes_without_redoing_finished_answers(tmp_path):
     args = [sys.executable, "train.py", "debug=smoke", "logger=none", "stage=data", "sampling.n_samples=12",
             "sampling.batch_size=10", "sampling.max_new_tokens=24", f"hydra.run.dir={tmp_path / 'run'}"]

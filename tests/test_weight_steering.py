@@ -112,6 +112,7 @@ def test_non_finite_or_non_numeric_k_is_refused(vector_and_model, bad):
         pass
 
 
+@pytest.mark.reliability
 def test_vector_for_another_base_model_is_refused_unless_transfer_is_allowed(vector_and_model):
     vector, model, _, fp = vector_and_model
     steerer = WeightSteerer(vector)
@@ -121,6 +122,7 @@ def test_vector_for_another_base_model_is_refused_unless_transfer_is_allowed(vec
     steerer.check_compatible(model, "0" * 24, allow_transfer=True)
 
 
+@pytest.mark.reliability
 def test_missing_corrupt_and_foreign_files_give_clear_errors(vector_and_model, tmp_path):
     vector, _, _, _ = vector_and_model
     with pytest.raises(WsteerError, match="does not exist"):
