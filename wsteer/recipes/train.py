@@ -48,9 +48,9 @@ def _settings(cfg: DictConfig, source: str) -> dict:
     return s
 
 
-def artifact_dir(cfg: DictConfig, fp: str, data_hash: str, source: str) -> Path:
+def artifact_dir(cfg: DictConfig, fp: str, behavior: str, data_hash: str, source: str) -> Path:
     """Cache key: (base model fingerprint, behavior, source, data, settings)."""
-    return (Path(cfg.paths.cache_dir).expanduser() / "vectors" / f"{cfg.model.name}-{fp[:12]}" / cfg.behavior.name
+    return (Path(cfg.paths.cache_dir).expanduser() / "vectors" / f"{cfg.model.name}-{fp[:12]}" / behavior
             / source / f"{data_hash[:12]}-{stable_hash(_settings(cfg, source), 8)}")
 
 
@@ -181,7 +181,7 @@ def ensure_artifacts(ctx: Context, source: str = "lora", run=None, force: bool =
     cfg = ctx.cfg
     with ctx.timed("data"):
         pairs, data_manifest = ensure_pairs(cfg, ctx.model, ctx.tokenizer, ctx.behavior, ctx.fingerprint)
-    folder = artifact_dir(cfg, ctx.fingerprint, data_manifest["data_hash"], source)
+    folder = artifact_dir(cfg, ctx.fingerprint, ctx.behavior.name, data_manifest["data_hash"], source)
     done = folder / "COMPLETE"
     if done.is_file() and not force:
         print(f"wsteer: reusing cached {source} artifacts in {folder}")
@@ -218,6 +218,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return export_pairs(ctx, cfg.pairs_out)
     wb = start_run(cfg, "train")
     try:
+        if cfg.source == "monitoring":
+            from wsteer.recipes.monitoring import run_experiment
+
+            return run_experiment(ctx, wb)
         if cfg.source in ("task", "joint"):
             from wsteer.recipes.task_finetune import train_task
 

@@ -1,0 +1,116 @@
+"""The monitoring experiment (paper §5, small scale): is a bad-advice fine-tune's update closer to behavior
+vectors (evil, bad advice) than a control fine-tune's update is?
+
+    python train.py experiment=monitoring
+
+1. Contrastive vectors on the base model: `evil` (shipped data), `bad_advice` (bad vs good advice we wrote) and
+   the control `french` (French vs English answers).
+2. Two task fine-tunes with the live `CosineMonitor` on: bad advice (the "misaligned" fine-tune) and a neutral
+   control set; cosines to each vector every few steps (curves).
+3. Cosine matrices w–τ, w–w and τ–τ as heatmaps, and the emergent-misalignment first-plot questions answered by
+   each fine-tuned model (saved for judging; no judge scores them here).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from wsteer.artifacts import PROJECT_ROOT, save_figure, write_text
+from wsteer.behaviors import Behavior
+from wsteer.generation import generate
+from wsteer.monitoring.similarity import cosine_matrix, format_table, heatmap
+
+CONF = PROJECT_ROOT / "conf"
+
+
+def _behavior(name: str) -> Behavior:
+    node = OmegaConf.load(CONF / "behavior" / f"{name}.yaml")
+    return Behavior.from_cfg(node.behavior if "behavior" in node else node)
+
+
+def _curves(csvs: dict[str, Path], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {name: list(csv.DictReader(p.open())) for name, p in csvs.items() if p.is_file()}
+    refs = sorted({r["reference"] for rs in rows.values() for r in rs})
+    fig, axes = plt.subplots(1, len(refs), figsize=(4.2 * len(refs), 3.6), squeeze=False)
+    for ax, ref in zip(axes[0], refs, strict=True):
+        for name, rs in rows.items():
+            pts = [(int(r["step"]), float(r["cosine"])) for r in rs if r["reference"] == ref]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+        ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"cos(update, w_{ref})")
+        ax.set_xlabel("training step")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Monitoring: cosine of the fine-tuning update to behavior vectors")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def run_experiment(ctx, wb=None) -> dict[str, float]:
+    from wsteer.recipes.task_finetune import train_task
+    from wsteer.recipes.train import _trainer, ensure_artifacts
+
+    cfg, mon = ctx.cfg, ctx.cfg.monitoring
+    out = ctx.out_dir
+    vectors: dict[str, Path] = {}
+    taus: dict[str, Path] = {}
+    for name in mon.vectors:  # 1. contrastive vectors, built (or reused) on the base model
+        sub = replace(ctx, behavior=_behavior(name))
+        _, folder, _ = ensure_artifacts(sub, "lora", wb)
+        vectors[name] = folder / "contrastive.safetensors"
+        taus[f"{name}+"] = folder / "pos.safetensors"
+
+    adapters, csvs, em = {}, {}, {}
+    em_questions = [q["question"] for q in json.loads((PROJECT_ROOT / mon.em_questions).read_text())]
+    for name, data in mon.finetunes.items():  # 2. task fine-tunes with the live monitor
+        run_cfg = cfg.copy()
+        OmegaConf.set_struct(run_cfg, False)
+        run_cfg = OmegaConf.merge(run_cfg, {"task": {"data": str(PROJECT_ROOT / data)},
+                                        "callbacks": {"enabled": True,
+                                                      "_target_": "wsteer.monitoring.callback.CosineMonitor",
+                                                      "every_n_steps": mon.every_n_steps,
+                                                      "references": {k: str(v) for k, v in vectors.items()},
+                                                      "csv_path": str(out / name / "monitor.csv")}})
+        sub = replace(ctx, cfg=run_cfg, out_dir=out / name)
+        sub.out_dir.mkdir(parents=True, exist_ok=True)
+        adapters[name], _ = train_task(sub, "task", _trainer, wb)
+        csvs[name] = out / name / "monitor.csv"
+        # the fine-tuned model's answers to the EM first-plot questions (merged, then restored)
+        from peft import PeftModel
+
+        peft = PeftModel.from_pretrained(ctx.model, str(adapters[name]))
+        em[name] = [o["text"] for o in generate(peft, ctx.tokenizer, [[{"role": "user", "content": q}] for q in em_questions],
+                                                max_new_tokens=cfg.eval.max_new_tokens, desc=f"EM questions ({name})")]
+        peft.unload()
+        ctx.model.eval()
+
+    # 3. cosine matrices and heatmaps
+    w = {f"w_{k}": v for k, v in vectors.items()}
+    tau = {f"τ_{k}": v for k, v in adapters.items()} | {f"τ_{k}": v for k, v in taus.items()}
+    results, tables = {}, []
+    for title, deltas in [("w vs τ", w | tau), ("w vs w", w), ("τ vs τ", tau)]:
+        names, m = cosine_matrix(deltas)
+        slug = title.replace(" ", "_").replace("τ", "tau")
+        heatmap(names, m, out / f"cosine_{slug}.png", title=f"Cosine similarity: {title}")
+        tables.append(f"## {title}\n\n{format_table(names, m)}")
+        results.update({f"cos/{a}/{b}": float(m[i][j]) for i, a in enumerate(names) for j, b in enumerate(names) if i < j})
+    _curves(csvs, out / "monitor_curves.png")
+    em_md = "\n".join(f"- **{q}**\n" + "".join(f"  - {n}: {em[n][i][:300]!r}\n" for n in em) for i, q in enumerate(em_questions))
+    write_text(out / "monitoring.md", "# Monitoring experiment (paper §5)\n\n" + "\n\n".join(tables)
+               + "\n\n## Emergent-misalignment first-plot questions (unjudged)\n\n" + em_md)
+    if wb is not None:
+        import wandb
+
+        wb.log({p.stem: wandb.Image(str(p)) for p in out.glob("*.png")})
+        wb.summary.update(results)
+    print(f"wsteer: monitoring report in {out / 'monitoring.md'}; heatmaps and curves next to it")
+    return results
