@@ -207,7 +207,9 @@ def ensure_pairs(cfg: DictConfig, model, tokenizer, behavior: Behavior, fingerpr
                 / f"{cfg.model.name}-{stable_hash(sample_key, 12)}.jsonl")
     progress.parent.mkdir(parents=True, exist_ok=True)
     n = len(behavior.build_questions) * len(behavior.pos_system_prompts) * cfg.sampling.n_samples
-    print(f"wsteer: sampling D+/D- with the target model (up to {n} answers per side; progress in {progress})")
+    sampled = [side for side in SIDES if behavior.fixed_responses(side) is None]
+    print(f"wsteer: building D+/D-: sampling {'/'.join(sampled) or 'nothing (both sides are fixed text)'} with the "
+          f"target model (up to {n} answers per side; progress in {progress})")
     raw = sample_pairs(model, tokenizer, behavior, cfg.sampling, progress)
     kept, stats = judge_and_filter(raw, behavior, judge)
     counts = {s: len(kept[s]) for s in SIDES}
