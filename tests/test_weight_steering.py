@@ -156,3 +156,18 @@ def test_fingerprint_changes_when_any_weight_changes(tiny):
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.add_(0.01)
     assert fingerprint(model) != fp
+
+
+def test_every_adapter_starts_from_the_same_lora_A_so_update_cosines_compare_what_was_learned(tiny):
+    from wsteer.training.paired import LoraPair
+
+    model, _ = tiny
+    pair = LoraPair(model, OmegaConf.create({**ADAPTER, "init_seed": 0}), ["pos", "neg"])
+    a = {side: {n: p for n, p in pair.params(side).items() if "lora_A" in n} for side in ("pos", "neg")}
+    for name, p in a["pos"].items():
+        assert torch.equal(p, a["neg"][name.replace(".pos.", ".neg.")])
+    pair.remove()
+    other = LoraPair(model, OmegaConf.create({**ADAPTER, "init_seed": 0}), ["task"])
+    first = next(n for n in other.params("task") if "lora_A" in n)
+    assert torch.equal(other.params("task")[first], a["pos"][first.replace(".task.", ".pos.")])
+    other.remove()

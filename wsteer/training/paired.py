@@ -48,9 +48,16 @@ class LoraPair:
         config = lora_config(adapter_cfg)
         self.sides = list(sides)
         self._flags = [(p, p.requires_grad) for p in model.parameters()]  # PEFT freezes the base weights
-        self.peft = get_peft_model(model, config, adapter_name=sides[0])
-        for side in sides[1:]:
-            self.peft.add_adapter(side, config)
+        # Every adapter starts from the same random lora_A (B starts at 0): updates then differ only in what was
+        # learned, so cosines between LoRA updates (paper §5) are not an artefact of different random A's.
+        seed = adapter_cfg.get("init_seed")
+        for i, side in enumerate(sides):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            if i == 0:
+                self.peft = get_peft_model(model, config, adapter_name=side)
+            else:
+                self.peft.add_adapter(side, config)
 
     def activate(self, side: str) -> None:
         self.peft.set_adapter(side)  # also makes only this adapter's weights trainable
