@@ -25,20 +25,22 @@ def test_paired_training_lowers_validation_loss_of_both_adapters(smoke_cfg):
 
 
 def test_steer_end_to_end_writes_report_and_wandb_run_then_reuses_the_vector(smoke_cfg, tmp_path, capsys):
-    cfg = smoke_cfg("steer", ["logger=wandb", "k=-2"])
+    # The random tiny model mostly answers with an empty string; k = -20 moves it visibly (the real model: k = -2).
+    cfg = smoke_cfg("steer", ["logger=wandb", "k=-20"])
     metrics = steer_recipe.run(cfg)
     report = (Path(cfg.output_dir) / "report.md").read_text()
-    assert "| k = 0 | k = -2 |" in report
-    assert metrics["eval/heldout_tone/changed_vs_k0@k=-2"] > 0  # the steered answers differ
+    assert "| k = 0 | k = -20 |" in report
+    assert metrics["eval/heldout_tone/changed_vs_k0@k=-20"] > 0  # the steered answers differ
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # a real offline W&B run
     assert "built in this run" in report
 
-    cfg2 = smoke_cfg("steer", ["k=[-2,1]"])
-    metrics2 = steer_recipe.run(cfg2)
+    cfg2 = smoke_cfg("steer", ["k=[-20,1]"])
+    steer_recipe.run(cfg2)
     report2 = (Path(cfg2.output_dir) / "report.md").read_text()
-    assert "(reused)" in report2 and "| k = 0 | k = -2 | k = 1 |" in report2
-    # same vector, same greedy decoding: the k = -2 column is reproduced exactly
-    assert metrics2["eval/heldout_tone/changed_vs_k0@k=-2"] == metrics["eval/heldout_tone/changed_vs_k0@k=-2"]
+    assert "(reused)" in report2 and "| k = 0 | k = -20 | k = 1 |" in report2
+    # same vector, same greedy decoding: the k = -20 answers are reproduced exactly
+    rows = lambda d: [line for line in (Path(d) / "generations.jsonl").read_text().splitlines() if '"k": -20' in line]  # noqa: E731
+    assert rows(cfg.output_dir) == rows(cfg2.output_dir)
 
 
 def test_steer_saves_the_steered_model_as_an_hf_folder(smoke_cfg):
