@@ -13,7 +13,6 @@ import torch
 
 from wsteer.errors import WsteerError
 from wsteer.steering.base import Steerer
-from wsteer.steering.k import check_k  # noqa: F401  (re-exported: older imports use it from here)
 from wsteer.vectors import WeightVector
 
 
