@@ -71,3 +71,45 @@ def test_no_module_loads_weights_with_pickle():
     offenders = [p for p in (ROOT / "wsteer").rglob("*.py")
                  if "torch.load(" in p.read_text() or "pickle.load" in p.read_text()]
     assert not offenders, offenders
+
+
+# --- interruption: a killed paired training resumes from its last checkpoint -------------------------------------
+
+def test_paired_training_killed_midway_resumes_from_its_last_checkpoint(tmp_path):
+    import csv
+    import signal
+    import time
+
+    from wsteer.vectors import WeightVector
+
+    steps = 120
+    args = [sys.executable, "train.py", "debug=smoke", "logger=none", f"trainer.steps={steps}",
+            "trainer.eval_every=10"]
+    env = subprocess_env(tmp_path)
+    first = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'run1'}"], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts: list[Path] = []
+    deadline = time.time() + 180
+    while not ckpts and time.time() < deadline and first.poll() is None:
+        ckpts = list((tmp_path / "cache" / "checkpoints").rglob("last.ckpt"))
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert ckpts, "training never wrote a resume checkpoint"
+    assert not list((tmp_path / "cache" / "vectors").rglob("COMPLETE"))  # killed before the vector existed
+
+    done = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'run2'}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if "resuming paired training at step" in x)
+    resumed_at = int(line.split("at step ")[1].split()[0])
+    assert 0 < resumed_at < steps, line
+    # Only the remaining steps ran: the resumed run logged training losses for steps after `resumed_at` only.
+    with next((tmp_path / "run2" / "train_log").rglob("metrics.csv")).open() as f:
+        logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_pos")]
+    assert len(logged) == steps - resumed_at, (resumed_at, len(logged))
+    vec = WeightVector.load(tmp_path / "run2" / "vector.safetensors")
+    assert vec.norm() > 0 and vec.manifest["behavior"] == "sycophancy"
+    val_steps = sorted({h["step"] for h in vec.manifest["val_history"]})
+    assert val_steps == list(range(0, steps + 1, 10))  # the history from before the kill was carried over
+    assert not list((tmp_path / "cache" / "checkpoints").rglob("*.ckpt"))  # removed once the vector was saved

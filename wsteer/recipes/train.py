@@ -11,7 +11,9 @@ Sources (`source=`):
 
 from __future__ import annotations
 
+import shutil
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +28,7 @@ from wsteer.errors import WsteerError
 from wsteer.recipes._common import Context, prepare
 from wsteer.steering.activation import ActivationCollector
 from wsteer.tracking import start_run
-from wsteer.training.paired import BiasPair, LoraPair, PairedModule
+from wsteer.training.paired import BiasPair, LoraPair, PairedModule, ResumeCheckpoint
 from wsteer.vectors import DenseVector, WeightVector
 
 MIN_EXAMPLES = 4  # per side; fewer cannot give both a training and a validation split worth the name
@@ -52,6 +54,17 @@ def artifact_dir(cfg: DictConfig, fp: str, behavior: str, data_hash: str, source
     """Cache key: (base model fingerprint, behavior, source, data, settings)."""
     return (Path(cfg.paths.cache_dir).expanduser() / "vectors" / f"{cfg.model.name}-{fp[:12]}" / behavior
             / source / f"{data_hash[:12]}-{stable_hash(_settings(cfg, source), 8)}")
+
+
+def resume_checkpoint_path(cfg: DictConfig, folder: Path) -> Path:
+    """Where a paired training for the artifacts in `folder` keeps its resume checkpoint.
+
+    Keyed exactly like the artifacts (same relative path under `checkpoints/` instead of `vectors/`), so rerunning
+    the same command finds it wherever Hydra puts the new run dir, and any change of data or settings starts
+    fresh. Kept outside `vectors/` so the vector library never lists a half-trained folder.
+    """
+    cache = Path(cfg.paths.cache_dir).expanduser()
+    return cache / "checkpoints" / folder.relative_to(cache / "vectors") / "last.ckpt"
 
 
 def _manifest(ctx: Context, source: str, data_manifest: dict, **extra) -> dict:
@@ -83,23 +96,32 @@ def _datamodule(ctx: Context, pairs, with_system: bool = False) -> PairedDataMod
                             with_system=with_system)
 
 
-def _trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None = None) -> L.Trainer:
+def _trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None = None,
+             resume_ckpt: Path | None = None) -> L.Trainer:
     t = ctx.cfg.trainer
     loggers = [CSVLogger(str(ctx.out_dir), name="train_log")]
     if run is not None:
         loggers.append(WandbLogger(experiment=run))
     from wsteer.monitoring.callback import callbacks_from_cfg
 
+    callbacks = callbacks_from_cfg(ctx.cfg.get("callbacks"), ctx.out_dir)
+    if resume_ckpt is not None:
+        callbacks = [*callbacks, ResumeCheckpoint(resume_ckpt)]
     return L.Trainer(
-        callbacks=callbacks_from_cfg(ctx.cfg.get("callbacks"), ctx.out_dir),
+        callbacks=callbacks,
         max_steps=max_steps, val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         accelerator=t.accelerator, devices=1, precision=t.precision, logger=loggers, log_every_n_steps=1,
         enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(ctx.out_dir),
     )
 
 
-def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None) -> dict[str, object]:
-    """Fit one trainable parameter set per side on D⁺/D⁻ with one base model; return the artifacts."""
+def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None,
+               resume_ckpt: Path | None = None) -> dict[str, object]:
+    """Fit one trainable parameter set per side on D⁺/D⁻ with one base model; return the artifacts.
+
+    With `resume_ckpt`, a checkpoint is kept there after every validation and, if one is already there (a killed
+    earlier run of the same command), training continues from it instead of from step 0.
+    """
     cfg, t = ctx.cfg, ctx.cfg.trainer
     dm = _datamodule(ctx, pairs)
     if source == "bias":
@@ -110,21 +132,52 @@ def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None) 
     module = PairedModule(ctx.model, pair, lr=lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                           total_steps=t.steps, grad_clip=t.grad_clip, checkpoint_every=every)
     try:  # the base model must come back clean even if training fails
-        return _fit_and_export(ctx, pair, module, dm, data_manifest, source, run)
+        return _fit_and_export(ctx, pair, module, dm, data_manifest, source, run, resume_ckpt)
     finally:
         pair.remove()
         ctx.model.eval()
 
 
-def _fit_and_export(ctx: Context, pair, module: PairedModule, dm, data_manifest: dict, source: str, run):
+def _usable_checkpoint(path: Path | None) -> tuple[Path | None, int]:
+    """`(path, steps done)` if `path` holds a checkpoint that loads safely, else `(None, 0)`.
+
+    An unreadable checkpoint (it cannot be half-written, but may come from another wsteer version) is discarded
+    with a warning: the run then trains from scratch instead of failing a sweep.
+    """
+    if path is None or not path.is_file():
+        return None, 0
+    from lightning.fabric.utilities.cloud_io import _load
+
+    try:  # weights_only: a checkpoint is data, never code
+        state = _load(path, map_location="cpu", weights_only=True)
+        if "wsteer_paired" not in state or "loops" not in state:
+            raise ValueError("not a wsteer paired-training checkpoint")
+    except Exception as e:  # noqa: BLE001 - any unreadable file means the same thing: start over
+        print(f"wsteer: warning: discarding unreadable training checkpoint {path} ({e.__class__.__name__}: "
+              f"{str(e)[:200]}); training starts from step 0")
+        path.unlink()
+        return None, 0
+    return path, int(state.get("global_step", 0))
+
+
+def _fit_and_export(ctx: Context, pair, module: PairedModule, dm, data_manifest: dict, source: str, run,
+                    resume_ckpt: Path | None = None):
     """Validate at step 0, fit, keep each side's best weights, and export them as artifacts."""
     cfg, t = ctx.cfg, ctx.cfg.trainer
     # manual optimization counts one global step per optimizer, i.e. per side
-    trainer = _trainer(ctx, run, max_steps=t.steps * len(SIDES), val_every=t.eval_every)
+    trainer = _trainer(ctx, run, max_steps=t.steps * len(SIDES), val_every=t.eval_every, resume_ckpt=resume_ckpt)
     t0 = time.perf_counter()
-    trainer.validate(module, datamodule=dm, verbose=False)  # step 0: the untrained sides' val loss
-    trainer.fit(module, datamodule=dm)
-    if module.history[-1]["step"] != t.steps:
+    ckpt, global_step = _usable_checkpoint(resume_ckpt)
+    if ckpt is None:
+        trainer.validate(module, datamodule=dm, verbose=False)  # step 0: the untrained sides' val loss
+    else:
+        print(f"wsteer: resuming paired training at step {global_step // len(SIDES)} of {t.steps} from {ckpt}")
+    with warnings.catch_warnings():
+        # Resuming mid-epoch restarts the (shuffled, non-stateful) data order; steps, optimizer and LR schedule
+        # state continue exactly, which is what matters for finished work. Lightning's warning says only that.
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    if not module.history or module.history[-1]["step"] != t.steps:
         trainer.validate(module, datamodule=dm, verbose=False)
     ctx.timings["train"] = time.perf_counter() - t0
     for side in SIDES:
@@ -189,11 +242,13 @@ def ensure_artifacts(ctx: Context, source: str = "lora", run=None, force: bool =
     if source == "activation":
         artifacts = collect_activations(ctx, pairs, data_manifest)
     else:
-        artifacts = train_pair(ctx, pairs, data_manifest, source, run)
+        artifacts = train_pair(ctx, pairs, data_manifest, source, run, resume_checkpoint_path(cfg, folder))
     folder.mkdir(parents=True, exist_ok=True)
     for name, art in artifacts.items():
         art.save(folder / f"{name}.safetensors")
     write_json(done, {"artifacts": sorted(artifacts)})  # written last: a half-saved folder is never reused
+    # The artifacts are safe on disk: the resume checkpoint has served its purpose.
+    shutil.rmtree(resume_checkpoint_path(cfg, folder).parent, ignore_errors=True)
     print(f"wsteer: saved {source} artifacts to {folder}")
     return artifacts, folder, True
 

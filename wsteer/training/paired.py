@@ -12,7 +12,9 @@ side (the fine-tuning baseline) is the same module with `sides=("pos",)`.
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -136,6 +138,9 @@ class PairedModule(L.LightningModule):
         self.checkpoints: dict[int, dict[str, object]] = {}  # step -> side -> exported weights
         self.side_seconds = {s: 0.0 for s in self.sides}  # wall time spent training each side
         self._val_sums: dict[str, list[float]] = {}
+        # Resume checkpoints hold only the trained parameters (the frozen base is reloaded from the model source),
+        # so loading them must not demand the base weights.
+        self.strict_loading = False
 
     def _loss(self, side: str, batch) -> tuple[torch.Tensor, int]:
         self.pair.activate(side)
@@ -158,8 +163,9 @@ class PairedModule(L.LightningModule):
             t0 = time.perf_counter()
             loss, _ = self._loss(side, batch[side])
             if not torch.isfinite(loss):
-                raise WsteerError(f"training loss of {side!r} became {loss.item()} at step {batch_idx}; "
-                                  "lower the learning rate or check the data")
+                raise WsteerError(f"training loss of {side!r} became {loss.item()} at step "
+                                  f"{self.training_steps_done + 1}; lower the learning rate (trainer.lr) or check "
+                                  "the data")
             self.manual_backward(loss)
             if self.grad_clip:
                 self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
@@ -170,7 +176,7 @@ class PairedModule(L.LightningModule):
             self.log(f"train/loss_{side}", loss.detach(), prog_bar=True, on_step=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        step = batch_idx + 1
+        step = self.training_steps_done  # not batch_idx + 1: after a resume batch_idx restarts mid-run
         if self.checkpoint_every and step % self.checkpoint_every == 0:
             self.checkpoints[step] = {s: self.pair.export(s) for s in self.sides}
 
@@ -199,6 +205,34 @@ class PairedModule(L.LightningModule):
         # Manual optimization counts one global step per optimizer.step(): one per side.
         return self.trainer.global_step // len(self.sides) if self._trainer is not None else 0
 
+    # --- resume checkpoints (Lightning saves optimizers, schedulers and loop progress; we add our own state) ---
+
+    def _trained_names(self) -> set[str]:
+        ids = {id(p) for side in self.sides for p in self.pair.params(side).values()}
+        return {n for n, p in self.named_parameters() if id(p) in ids}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self._trained_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["wsteer_paired"] = {
+            "sides": self.sides,
+            "best": {s: [val, snap] for s, (val, snap) in self.best.items()},
+            "history": self.history,
+            "checkpoints": self.checkpoints,
+            "side_seconds": self.side_seconds,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("wsteer_paired")
+        missing = self._trained_names() - set(checkpoint.get("state_dict", {}))
+        if state is None or state["sides"] != self.sides or missing:
+            raise WsteerError("the training checkpoint does not match this run (different sides or adapters); "
+                              "delete it to train from scratch")
+        self.best = {s: (float(val), snap) for s, (val, snap) in state["best"].items()}
+        self.history = list(state["history"])
+        self.checkpoints = {int(k): v for k, v in state["checkpoints"].items()}
+        self.side_seconds = dict(state["side_seconds"])
+
     def restore_best(self) -> dict[str, dict]:
         """Load each side's best-by-validation weights; return {side: {"val_loss", "step"}}."""
         summary = {}
@@ -210,6 +244,27 @@ class PairedModule(L.LightningModule):
                 step = min(h["step"] for h in self.history if h["side"] == side and math.isclose(h["loss"], val))
                 summary[side] = {"val_loss": val, "step": step}
         return summary
+
+
+class ResumeCheckpoint(L.Callback):
+    """Save a resume checkpoint after every in-training validation, atomically, at one fixed path.
+
+    Saving right after validation (not on a training batch) means the restored run already holds that
+    validation in its history, and Lightning knows not to repeat it. The file is written under a temporary name
+    and renamed, so a kill mid-save leaves the previous checkpoint intact rather than a truncated one.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
 
 def lora_factors(peft_model, side: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
