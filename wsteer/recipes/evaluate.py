@@ -1,7 +1,8 @@
-"""evaluate.py: answer the behavior's held-out questions with a model, optionally steered by a saved vector.
+"""evaluate.py: any model (base, `base_adapter=` task fine-tune, or steered by a saved `vector=` at k) on the
+selected evaluators of paper §3 (`evaluator=[...]`, default: the behavior's suite), plus the held-out answers.
 
-The out-of-distribution evaluators of paper §3 plug in here (evaluator issue); for now this writes the
-held-out answers, their tone metrics and a W&B table.
+Also two modes that load no model: `report=MULTIRUN_DIR` (trade-off plot of a sweep) and
+`evaluator=weight_similarity` (cosine matrix of saved deltas, paper §5).
 """
 
 from __future__ import annotations
@@ -10,22 +11,25 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from wsteer.artifacts import write_text
+from wsteer.artifacts import write_json, write_text
 from wsteer.evaluation.lexical import tone_metrics
 from wsteer.recipes._common import merge_base_adapter, prepare
-from wsteer.recipes.steer import answer_heldout, load_artifact, load_steerer, parse_ks
-from wsteer.report import steering_report
+from wsteer.recipes.steer import answer_heldout, load_artifact, load_steerer, parse_ks, run_suite
+from wsteer.report import evaluation_section, steering_report
 from wsteer.tracking import log_results, start_run
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    if cfg.evaluator.name == "weight_similarity":
+    if "weight_similarity" in (cfg.get("evaluator") or {}):
         return compare_deltas(cfg)
     if cfg.report:
         from wsteer.recipes.sweep_report import run_report
 
         return run_report(cfg.report, cfg.output_dir)
     ks = parse_ks(cfg.k)
+    from wsteer.evaluation.runner import build_evaluators
+
+    build_evaluators(cfg)
     if cfg.vector:
         load_artifact(Path(cfg.vector))  # fail on a bad file before the model load
     ctx = prepare(cfg)
@@ -41,9 +45,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics = {k: tone_metrics(a) for k, a in answers.items()}
         meta = {"model": f"{cfg.model.path} (fingerprint {ctx.fingerprint})",
                 "vector": str(cfg.vector) if cfg.vector else "none (base model)"}
+        evals = run_suite(ctx, steerer, ks, wb)
         write_text(ctx.out_dir / "report.md", steering_report(f"Evaluation: {ctx.behavior.name} held-out questions",
-                                                             meta, ctx.behavior.heldout_questions, answers, metrics))
+                                                             meta, ctx.behavior.heldout_questions, answers, metrics)
+                   + "\n" + evaluation_section(evals, ks))
         flat = {f"eval/heldout_tone/{n}@k={k:g}": v for k, m in metrics.items() for n, v in m.items()}
+        flat.update(evals)
+        write_json(ctx.out_dir / "metrics.json", flat)
         log_results(wb, ctx.behavior.heldout_questions, answers, flat)
         print(f"wsteer: report written to {ctx.out_dir / 'report.md'}")
         return flat

@@ -17,7 +17,7 @@ from wsteer.evaluation.lexical import tone_metrics
 from wsteer.generation import generate
 from wsteer.recipes._common import Context, merge_base_adapter, prepare
 from wsteer.recipes.train import ensure_artifacts
-from wsteer.report import steering_report
+from wsteer.report import evaluation_section, steering_report
 from wsteer.steering.k import check_k
 from wsteer.steering.weight import WeightSteerer
 from wsteer.tracking import log_generations, log_results, start_run
@@ -113,6 +113,18 @@ def composed_steerer(ctx: Context) -> tuple[WeightSteerer, str]:
     return WeightSteerer(compose(parts), name=f"composition {label}"), label
 
 
+def run_suite(ctx: Context, steerer, ks: list[float], wb=None) -> dict[str, float]:
+    """The selected evaluators (`evaluator=[...]`, default: the behavior's suite) at every k (paper §3)."""
+    from wsteer.data.pairs import build_judge
+    from wsteer.evaluation.runner import build_evaluators, run_evaluators
+
+    evaluators = build_evaluators(ctx.cfg)
+    if not evaluators:
+        return {}
+    flat, _ = run_evaluators(ctx, evaluators, steerer, ks, judge=build_judge(ctx.cfg.judge), wb=wb)
+    return flat
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.list_vectors:
         from wsteer.library import format_listing, list_vectors
@@ -122,6 +134,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if isinstance(cfg.k, DictConfig):
         return run_composition(cfg)
     ks = parse_ks(cfg.k)  # fail on a bad k before loading anything
+    from wsteer.evaluation.runner import build_evaluators
+
+    build_evaluators(cfg)  # a typo in an evaluator's settings fails here, not after training
     if (cfg.save_model or cfg.export_adapter) and cfg.method.source != "lora":
         raise WsteerError(f"save_model/export_adapter need a weight-vector method (weight, task_vector_pos/neg); "
                           f"method={cfg.method.name} steers otherwise, which a saved model or LoRA cannot hold")
@@ -157,6 +172,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         notes = [f"Tone metrics are lexical markers (v{LEXICAL_VERSION}), a quick heuristic, not a judge."]
         report = steering_report(f"Steering {ctx.behavior.name} with k = {', '.join(f'{k:g}' for k in ks)}", meta,
                                  ctx.behavior.heldout_questions, answers, metrics, notes)
+        evals = run_suite(ctx, steerer, sweep, wb)
+        report += "\n" + evaluation_section(evals, sweep)
         write_text(ctx.out_dir / "report.md", report)
         if cfg.save_model or cfg.export_adapter:
             from wsteer.export import export_merged_model, export_peft_adapter
@@ -172,6 +189,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         ctx.timings["total"] = time.perf_counter() - t_start
         write_json(ctx.out_dir / "timings.json", ctx.timings)
         flat = {f"eval/heldout_tone/{name}@k={k:g}": v for k, m in metrics.items() for name, v in m.items()}
+        flat.update(evals)
         write_json(ctx.out_dir / "metrics.json", flat)
         write_text(ctx.out_dir / "generations.jsonl", "".join(
             json.dumps({"k": k, "question": q, "answer": a}) + "\n"

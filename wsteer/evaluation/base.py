@@ -1,0 +1,143 @@
+"""The evaluator contract: a LightningModule whose `test_step` answers and scores a batch of items (paper §3).
+
+One `Trainer.test` runs an evaluator on CPU, one GPU, or data-parallel on several: every metric is a torchmetrics
+object updated per item and logged with `self.log`, so Lightning reduces it across processes correctly.
+
+An *item* is the unit a metric is defined on: a factual question with its four cue variants (§3.1), a GCD pair
+with its query-only and incorrect-solution prompts (§3.2), one scenario (§3.3). Item results (outputs and
+per-item scores) are appended to a JSONL store as they finish; a killed evaluation re-run with the same settings
+skips the finished items and feeds their stored scores to the metrics, so nothing is generated twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric, SumMetric
+
+from wsteer.errors import WsteerError
+from wsteer.generation import generate
+
+
+class ItemStore:
+    """Append-only JSONL of finished items, one file per (settings key, process rank); flushed per batch."""
+
+    def __init__(self, folder: Path, rank: int = 0):
+        self.folder = Path(folder)
+        self.path = self.folder / f"items.rank{rank}.jsonl"
+        self.done: dict[str, dict] = {}
+        for f in sorted(self.folder.glob("items.rank*.jsonl")) if self.folder.is_dir() else []:
+            for line in f.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.done[rec["id"]] = rec
+                except (ValueError, KeyError, TypeError):
+                    continue  # the cut-off last line of a killed run: that item is redone
+
+    def add(self, records: list[dict]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as f:
+            if f.tell() and not self.path.read_bytes().endswith(b"\n"):
+                f.write(b"\n")  # end a partial line a killed run left behind
+            for rec in records:
+                f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        for rec in records:
+            self.done[rec["id"]] = rec
+
+
+class Evaluator(L.LightningModule):
+    """Subclasses set `name`, `version`, `metric_names`, and implement `load_items` and `evaluate`.
+
+    `evaluate(items)` returns one record per item: `{"outputs": {...}, "scores": {metric: value or None}}`;
+    a `None` score leaves that metric out for the item (e.g. non-sycophancy exists only for questions the model
+    answered correctly without a cue, §3.1).
+    """
+
+    name = "evaluator"
+    version = 1
+    metric_names: tuple[str, ...] = ()
+    needs_judge = False  # True: metrics that need a judge are skipped (logged as absent) with judge=none
+
+    def __init__(self, limit: int | None = None, seed: int = 0, max_new_tokens: int = 64, batch_size: int = 16,
+                 system_prompt_ok: bool = True):
+        super().__init__()
+        if limit is not None and int(limit) < 1:
+            raise WsteerError(f"evaluator {self.name}: limit={limit} must be ≥ 1 (or null for all items)")
+        if int(max_new_tokens) < 1 or int(batch_size) < 1:
+            raise WsteerError(f"evaluator {self.name}: max_new_tokens and batch_size must be ≥ 1")
+        self.limit, self.seed = limit, seed
+        self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
+        self.metrics = torch.nn.ModuleDict({m: MeanMetric(nan_strategy="ignore") for m in self.metric_names})
+        self.n_items = SumMetric()
+        self.lm = None
+
+    # ---- set up by the runner -------------------------------------------------------------------------------
+    def bind(self, model, tokenizer, *, steerer=None, k: float = 0.0, judge=None, behavior=None,
+             store: ItemStore | None = None) -> Evaluator:
+        self.lm, self.tokenizer, self.steerer, self.k = model, tokenizer, steerer, k
+        self.judge, self.behavior, self.store = judge, behavior, store
+        return self
+
+    def settings(self) -> dict:
+        """Everything that changes an item's result; part of the store key and the run record."""
+        return {"evaluator": self.name, "version": self.version, "limit": self.limit, "seed": self.seed,
+                "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+
+    # ---- to implement ---------------------------------------------------------------------------------------
+    def load_items(self) -> list[dict]:
+        raise NotImplementedError
+
+    def evaluate(self, items: list[dict]) -> list[dict]:
+        raise NotImplementedError
+
+    # ---- helpers for subclasses -------------------------------------------------------------------------------
+    def items(self) -> list[dict]:
+        items = self.load_items()
+        items = items[: self.limit] if self.limit else items
+        if not items:
+            raise WsteerError(f"evaluator {self.name} has no items (limit={self.limit})")
+        return items
+
+    def answer(self, messages: list[list[dict[str, str]]], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers, batched; prompt-level methods (system prompt baseline) edit the conversation here."""
+        if self.steerer is not None:
+            messages = [self.steerer.conversation(m, self.k) for m in messages]
+        outs = generate(self.lm, self.tokenizer, messages, max_new_tokens=max_new_tokens or self.max_new_tokens,
+                        batch_size=self.batch_size, progress=False)
+        return [o["text"] for o in outs]
+
+    def judged(self) -> bool:
+        return self.judge is not None and getattr(self.judge, "name", "none") not in ("none",)
+
+    # ---- Lightning ------------------------------------------------------------------------------------------
+    def test_step(self, batch: list[dict], batch_idx: int) -> None:
+        store = self.store
+        todo = [it for it in batch if store is None or it["id"] not in store.done]
+        fresh = []
+        if todo:
+            for item, rec in zip(todo, self.evaluate(todo), strict=True):
+                fresh.append({"id": item["id"], "k": self.k, **rec})
+            if store is not None:
+                store.add(fresh)
+        by_id = {r["id"]: r for r in fresh}
+        for item in batch:
+            rec = by_id.get(item["id"]) or store.done[item["id"]]
+            self.n_items.update(1.0)
+            for m, v in rec["scores"].items():
+                if m in self.metrics and v is not None and math.isfinite(float(v)):
+                    self.metrics[m].update(float(v))
+        for m, metric in self.metrics.items():
+            if metric.update_count:  # a metric with no scored item (e.g. no judge) is absent, not NaN
+                self.log(f"eval/{self.name}/{m}", metric, on_step=False, on_epoch=True, batch_size=len(batch))
+        self.log(f"eval/{self.name}/n_items", self.n_items, on_step=False, on_epoch=True, reduce_fx="sum",
+                 batch_size=len(batch))
+
+    def configure_optimizers(self):  # evaluation only
+        return None

@@ -1,0 +1,79 @@
+"""Capability retention: MMLU multiple choice (paper §3.3 uses TinyMMLU, 100 questions).
+
+Scored judge-free from the next-token distribution after the assistant turn opens: the predicted option is the
+letter A–D with the highest logit (with or without a leading space). This costs one forward pass per question,
+so it can run at every k of a sweep; the paper's CoT variant generates instead, which a 135M model cannot do
+usefully. The default data is a fixed-seed 100-item sample of the MMLU test split (tinyMMLU is not available
+offline); `source=tinymmlu_hub` loads tinyMMLU by hub id.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wsteer.evaluation.base import Evaluator
+from wsteer.generation import render_prompt
+
+LETTERS = "ABCD"
+
+
+def format_question(item: dict) -> str:
+    opts = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item["choices"]))
+    return f"{item['question'].strip()}\n{opts}\nAnswer with the letter of the correct option only."
+
+
+@torch.no_grad()
+def last_token_logits(model, tokenizer, prompts: list[list[int]]) -> torch.Tensor:
+    """Logits at the last prompt position for a left-padded batch."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    device = next(model.parameters()).device
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
+
+
+class MMLU(Evaluator):
+    name = "mmlu"
+    version = 1
+    metric_names = ("accuracy", "letter_mass")
+
+    def __init__(self, n: int = 100, source: str = "local", **kw):
+        super().__init__(**kw)
+        self.n, self.source = n, source
+
+    def settings(self) -> dict:
+        return {**super().settings(), "n": self.n, "source": self.source, "decoding": "next-token logits"}
+
+    def load_items(self) -> list[dict]:
+        from wsteer.evaluation.datasets import mmlu
+
+        return mmlu(n=self.n, seed=self.seed, source=self.source)
+
+    def _letter_ids(self) -> list[list[int]]:
+        out = []
+        for letter in LETTERS:
+            ids = {self.tokenizer(v, add_special_tokens=False).input_ids[0] for v in (letter, " " + letter)
+                   if len(self.tokenizer(v, add_special_tokens=False).input_ids) == 1}
+            out.append(sorted(ids))
+        return out
+
+    def evaluate(self, items: list[dict]) -> list[dict]:
+        convs = [[{"role": "user", "content": format_question(it)}] for it in items]
+        if self.steerer is not None:
+            convs = [self.steerer.conversation(c, self.k) for c in convs]
+        prompts = [render_prompt(self.tokenizer, c) for c in convs]
+        logits = last_token_logits(self.lm, self.tokenizer, prompts)
+        probs = logits.softmax(-1)
+        letter_ids = self._letter_ids()
+        recs = []
+        for r, it in enumerate(items):
+            per = torch.stack([logits[r, ids].max() for ids in letter_ids])
+            mass = float(sum(probs[r, ids].sum() for ids in letter_ids))
+            pred = int(per.argmax())
+            recs.append({"outputs": {"prediction": LETTERS[pred]}, "answer": LETTERS[it["answer"]],
+                         "scores": {"accuracy": float(pred == it["answer"]), "letter_mass": mass}})
+        return recs

@@ -1,0 +1,115 @@
+"""Run the configured evaluators at each k: one `Trainer.test` per (evaluator, k), results in the run dir and W&B.
+
+`cfg.evaluator` holds the selected evaluators by name (`evaluator=[factual_qa,mmlu]`, or a behavior's default
+suite from `conf/suite/`). Each one's finished items are kept in a store keyed by everything that determines the
+result (model weights, steering method and vector, k, evaluator settings), so re-running the same command after
+a kill resumes, and re-running it after success costs only the model load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig
+
+from wsteer.artifacts import stable_hash, write_text
+from wsteer.config import instantiate
+from wsteer.errors import WsteerError
+from wsteer.evaluation.base import Evaluator, ItemStore
+
+
+class _ItemList:
+    """A map-style dataset of items; the collate keeps them as a list of dicts."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def build_evaluators(cfg: DictConfig) -> list[Evaluator]:
+    """Instantiate every selected evaluator (cheap: no model, no data loaded yet) so typos fail early."""
+    group = cfg.get("evaluator") or {}
+    out = []
+    for key, ecfg in group.items():
+        if not isinstance(ecfg, DictConfig) or "_target_" not in ecfg:
+            continue  # weight_similarity and other modes of evaluate.py that are not item evaluators
+        ev = instantiate(ecfg, exclude=("name", "report"))
+        if ev.name != key:
+            raise WsteerError(f"conf/evaluator/{key}.yaml builds evaluator {ev.name!r}; the key must match the name")
+        out.append(ev)
+    return out
+
+
+def steering_id(steerer) -> dict:
+    """What identifies the steering (method and artifact) in a store key; never the tensors themselves."""
+    if steerer is None:
+        return {"method": "none"}
+    man = steerer.manifest or {}
+    return {"method": steerer.describe(), "artifact": {k: man.get(k) for k in
+                                                        ("created", "data_hash", "method", "behavior", "variant")}}
+
+
+def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], judge=None, wb=None,
+                   ) -> tuple[dict[str, float], list[dict]]:
+    """Evaluate at every k; return flat metrics `eval/<evaluator>/<metric>@k=<k>` and the per-item records."""
+    from wsteer.steering.guards import assert_finite_logits
+
+    cfg = ctx.cfg
+    root = Path(cfg.paths.cache_dir).expanduser() / "eval"
+    flat: dict[str, float] = {}
+    records: list[dict] = []
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-call GPU/TPU banners
+    model_id = ctx.ft_fingerprint or ctx.fingerprint
+    for k in ks:
+        apply = steerer.apply(ctx.model, k) if steerer is not None else nullcontext()
+        with apply:
+            if steerer is not None and k != 0:
+                assert_finite_logits(ctx.model, ctx.tokenizer, k, steerer.name)
+            for ev in evaluators:
+                key = stable_hash({"model": model_id, "steering": steering_id(steerer), "k": k, **ev.settings()})
+                trainer = L.Trainer(accelerator=cfg.get("eval_accelerator", "auto"), devices=1, logger=False,
+                                    enable_checkpointing=False, enable_model_summary=False,
+                                    enable_progress_bar=True, inference_mode=True)
+                store = ItemStore(root / ev.name / key, rank=trainer.global_rank)
+                ev.bind(ctx.model, ctx.tokenizer, steerer=steerer, k=k, judge=judge, behavior=ctx.behavior,
+                        store=store)
+                items = ev.items()
+                resumed = sum(it["id"] in store.done for it in items)
+                if resumed:
+                    print(f"wsteer: {ev.name} at k={k:g}: {resumed}/{len(items)} items already done, resuming")
+                loader = _loader(items, ev.batch_size)
+                with ctx.timed(f"eval/{ev.name}"):
+                    out = trainer.test(ev, dataloaders=loader, verbose=False)[0]
+                for name, v in out.items():
+                    flat[f"{name}@k={k:g}"] = float(v)
+                records += [{"evaluator": ev.name, **store.done[it["id"]], "k": k} for it in items]
+                ev.lm = None  # the model belongs to the context, not to the evaluator
+    write_text(ctx.out_dir / "eval_items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    if wb is not None:
+        _log_items(wb, records)
+    return flat, records
+
+
+def _loader(items, batch_size):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(_ItemList(items), batch_size=batch_size, shuffle=False, collate_fn=list)
+
+
+def _log_items(wb, records: list[dict]) -> None:
+    import wandb
+
+    table = wandb.Table(columns=["evaluator", "k", "id", "outputs", "scores"])
+    for r in records:
+        table.add_data(r["evaluator"], r["k"], r["id"], json.dumps(r.get("outputs", {}), ensure_ascii=False)[:4000],
+                       json.dumps(r.get("scores", {})))
+    wb.log({"eval_items": table})
