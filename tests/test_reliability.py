@@ -75,7 +75,8 @@ def test_no_module_loads_weights_with_pickle():
 
 # --- interruption: a killed paired training resumes from its last checkpoint -------------------------------------
 
-def test_paired_training_killed_midway_resumes_from_its_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_paired_training_killed_midway_resumes_from_its_last_checkpoint(tmp_path, sig):
     import csv
     import signal
     import time
@@ -87,15 +88,18 @@ def test_paired_training_killed_midway_resumes_from_its_last_checkpoint(tmp_path
             "trainer.eval_every=10"]
     env = subprocess_env(tmp_path)
     first = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'run1'}"], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ckpts: list[Path] = []
     deadline = time.time() + 180
     while not ckpts and time.time() < deadline and first.poll() is None:
         ckpts = list((tmp_path / "cache" / "checkpoints").rglob("last.ckpt"))
         time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    first.send_signal(getattr(signal, sig))
+    _, err = first.communicate(timeout=120)
     assert ckpts, "training never wrote a resume checkpoint"
+    if sig == "SIGTERM":  # stopped between steps: a checkpoint of that very step, a clear line, exit 128 + 15
+        assert first.returncode == 143 and "Traceback" not in err, err
+        assert "wsteer: error: stopped by SIGTERM at step" in err and "rerun the same command" in err, err
     assert not list((tmp_path / "cache" / "vectors").rglob("COMPLETE"))  # killed before the vector existed
 
     done = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'run2'}"], cwd=ROOT, env=env, capture_output=True,
@@ -104,6 +108,8 @@ def test_paired_training_killed_midway_resumes_from_its_last_checkpoint(tmp_path
     line = next(x for x in done.stdout.splitlines() if "resuming paired training at step" in x)
     resumed_at = int(line.split("at step ")[1].split()[0])
     assert 0 < resumed_at < steps, line
+    if sig == "SIGTERM":  # nothing after the last validation was lost either
+        assert resumed_at == int(err.split("stopped by SIGTERM at step ")[1].split()[0]), (line, err)
     # Only the remaining steps ran: the resumed run logged training losses for steps after `resumed_at` only.
     with next((tmp_path / "run2" / "train_log").rglob("metrics.csv")).open() as f:
         logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_pos")]

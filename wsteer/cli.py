@@ -12,4 +12,4 @@ def guarded(run, cfg):
         return run(cfg)
     except WsteerError as e:
         print(f"wsteer: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)

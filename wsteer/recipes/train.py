@@ -18,13 +18,14 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from wsteer.artifacts import git_commit, stable_hash, write_json
 from wsteer.behaviors import SIDES
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
-from wsteer.errors import WsteerError
+from wsteer.errors import Interrupted, WsteerError
 from wsteer.recipes._common import Context, prepare
 from wsteer.steering.activation import ActivationCollector
 from wsteer.tracking import start_run
@@ -176,7 +177,12 @@ def _fit_and_export(ctx: Context, pair, module: PairedModule, dm, data_manifest:
         # Resuming mid-epoch restarts the (shuffled, non-stateful) data order; steps, optimizer and LR schedule
         # state continue exactly, which is what matters for finished work. Lightning's warning says only that.
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+        except SIGTERMException as e:  # Lightning exits with status 0 on SIGTERM; a stopped job is no success
+            raise Interrupted(f"stopped by SIGTERM at step {module.training_steps_done} of {t.steps}; the "
+                              f"checkpoint in {resume_ckpt.parent if resume_ckpt else '(none)'} keeps the finished "
+                              "steps: rerun the same command to resume") from e
     if not module.history or module.history[-1]["step"] != t.steps:
         trainer.validate(module, datamodule=dm, verbose=False)
     ctx.timings["train"] = time.perf_counter() - t0
