@@ -119,3 +119,28 @@ def test_paired_training_killed_midway_resumes_from_its_last_checkpoint(tmp_path
     val_steps = sorted({h["step"] for h in vec.manifest["val_history"]})
     assert val_steps == list(range(0, steps + 1, 10))  # the history from before the kill was carried over
     assert not list((tmp_path / "cache" / "checkpoints").rglob("*.ckpt"))  # removed once the vector was saved
+
+
+# --- numerical guards -----------------------------------------------------------------------------------------------
+
+def test_a_steered_model_whose_logits_overflow_is_reported_with_k_and_a_smaller_k(tiny):
+    import torch
+
+    from tests.conftest import assert_bitwise, snapshot
+    from wsteer.errors import WsteerError
+    from wsteer.steering.guards import assert_finite_logits
+    from wsteer.steering.weight import WeightSteerer
+    from wsteer.vectors import WeightVector
+
+    model, tok = tiny
+    g = torch.Generator().manual_seed(0)
+    factors = {n: (torch.randn(p.shape[0], 2, generator=g), torch.randn(2, p.shape[1], generator=g))
+               for n, p in model.named_parameters() if n.endswith("proj.weight")}
+    steerer = WeightSteerer(WeightVector(factors, {"base_fingerprint": None}))
+    before = snapshot(model)
+    with steerer.apply(model, 0.01):
+        assert_finite_logits(model, tok, 0.01, "weight")  # a sane k passes silently
+    with pytest.raises(WsteerError, match=r"weight steering at k=1e\+30 makes the model's logits (NaN|inf).*"
+                                          r"use a smaller \|k\| \(e\.g\. k=5e\+29\)"), steerer.apply(model, 1e30):
+        assert_finite_logits(model, tok, 1e30, "weight")
+    assert_bitwise(model, before)  # the refused steering was still undone exactly
