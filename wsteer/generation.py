@@ -1,4 +1,18 @@
-"""Batched chat generation: left padding, length-sorted batches, a progress bar, explicit decoding settings."""
+"""Batched chat generation: left padding, length-bucketed batches, a progress bar, explicit decoding settings.
+
+Evaluation (k × methods × eval sets × prompt variants) is most of an experiment's cost, so this path is tuned:
+
+- prompts are sorted by length and cut into batches of similar length (`max_batch_tokens` caps a batch's
+  padded prompt+answer slots), so little compute goes to padding;
+- weight-steered models are evaluated merged: `WeightSteerer.apply` writes θ + k·w into the dense weights, so
+  a step costs what an unsteered step costs (an unmerged PEFT LoRA wrapper is several times slower on GPU);
+- on CUDA (`compile=None` means "on CUDA only"), a static KV cache and `torch.compile` of the decoding step
+  (transformers' `cache_implementation="static"`), with prompt widths rounded up to a multiple of
+  `STATIC_WIDTH_MULTIPLE` and batch sizes kept fixed so a handful of compiled graphs serve a whole sweep;
+- `backend="vllm"` hands the prompts to vLLM (`wsteer.generation_vllm`) when it is installed.
+
+On CPU the default path runs exactly the `model.generate` call it always has: greedy outputs are unchanged.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +20,51 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from wsteer.errors import WsteerError
+
+BACKENDS = ("hf", "vllm")
+# Static caches are compiled per shape: rounding the padded prompt width to a multiple of this keeps the number
+# of distinct shapes (so of compilations) small across batches and k values.
+STATIC_WIDTH_MULTIPLE = 64
+
 
 def render_prompt(tokenizer, conversation: list[dict[str, str]]) -> list[int]:
     text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def length_buckets(lengths: list[int], batch_size: int, max_new_tokens: int = 0,
+                   max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Indices into `lengths`, longest first, cut into batches of at most `batch_size` prompts.
+
+    With `max_batch_tokens`, a batch also stops growing once rows × (its longest prompt + max_new_tokens) would
+    exceed the budget (a long-prompt batch gets fewer rows; never less than one). Because prompts are sorted,
+    each batch holds prompts of similar length and left padding wastes little.
+    """
+    if batch_size < 1:
+        raise WsteerError(f"generation batch_size must be a positive integer; got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = (lengths[cur[0]] if cur else lengths[i]) + max_new_tokens  # cur[0] is the batch's longest
+        full = len(cur) >= batch_size or (max_batch_tokens is not None and cur and (len(cur) + 1) * width > max_batch_tokens)
+        if full:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _left_pad(prompts: list[list[int]], idx: list[int], pad: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(idx), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):  # left padding, so every prompt ends where generation starts
+        ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+        mask[row, width - len(prompts[i]) :] = 1
+    return ids, mask
 
 
 @torch.no_grad()
@@ -24,14 +79,26 @@ def generate(
     seed: int = 0,
     desc: str = "generate",
     progress: bool = True,
+    max_batch_tokens: int | None = None,
+    compile: bool | None = None,
+    backend: str = "hf",
 ) -> list[dict]:
     """Answer each conversation; returns `{"text", "finished"}` per input, in input order.
 
-    temperature 0 means greedy. Prompts are sorted by length so a batch wastes little padding.
+    temperature 0 means greedy. `compile` (static KV cache + torch.compile) defaults to on for CUDA models and
+    off on CPU, where compiling costs minutes and the decode step is bound by reading the weights.
+    `backend="vllm"` generates with vLLM from the model's current (e.g. steered) weights.
     """
+    if backend not in BACKENDS:
+        raise WsteerError(f"unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "vllm":
+        from wsteer.generation_vllm import generate_vllm
+
+        return generate_vllm(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
+                             temperature=temperature, seed=seed)
     device = next(model.parameters()).device
+    static = (device.type == "cuda") if compile is None else bool(compile)
     prompts = [render_prompt(tokenizer, c) for c in conversations]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -42,17 +109,22 @@ def generate(
         pad_token_id=pad,
         eos_token_id=eos,
     )
+    if static:
+        # transformers compiles the decoding forward itself when the cache is static
+        gen_cfg.cache_implementation = "static"
     torch.manual_seed(seed)
     out: list[dict | None] = [None] * len(prompts)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = length_buckets([len(p) for p in prompts], batch_size, max_new_tokens, max_batch_tokens)
     for idx in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
         width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):  # left padding, so every prompt ends where generation starts
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]) :] = 1
+        rows = len(idx)
+        if static:
+            width = -(-width // STATIC_WIDTH_MULTIPLE) * STATIC_WIDTH_MULTIPLE
+            # a short last batch would be a new shape (a recompile); fill it with copies of its first prompt
+            rows = batch_size if max_batch_tokens is None else rows
+        ids, mask = _left_pad(prompts, idx + [idx[0]] * (rows - len(idx)), pad, width)
         seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
+        seqs = seqs.cpu()
         for row, i in enumerate(idx):
             new = seqs[row, width:].tolist()
             finished = eos in new

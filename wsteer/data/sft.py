@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from wsteer.errors import WsteerError
 
@@ -64,18 +65,72 @@ def split_rows(rows: list, val_fraction: float, seed: int) -> tuple[list, list]:
     return rows[n_val:], rows[:n_val]
 
 
+class LengthGroupedSampler(Sampler[list[int]]):
+    """Batches of similar-length rows, in a seeded random order: little padding, same randomness as shuffling.
+
+    Each pass shuffles all rows, cuts the shuffled list into windows of `window` batches, sorts each window by
+    length (longest first) and cuts it into batches, then shuffles the order of the batches. Rows of a batch are
+    therefore close in length (padding is computed per batch by `collate`), while which rows meet in a batch and
+    the order of the batches stay random. Pass p uses `seed + p`, so the batches of every pass are a function of
+    the seed alone (a rerun trains on exactly the same batches). Masks and labels are unchanged: `collate` pads
+    each row on the right and masks the padding out of attention and loss, as without grouping.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, window: int = 50,
+                 drop_last: bool = False):
+        if batch_size < 1:
+            raise WsteerError(f"batch_size must be a positive integer; got {batch_size}")
+        self.lengths, self.batch_size, self.seed, self.window = list(lengths), batch_size, seed, window
+        self.drop_last = drop_last
+        self.passes = 0  # each __iter__ is one pass over the data (CombinedLoader re-iterates a shorter side)
+
+    def batches(self, pass_index: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + pass_index)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        span = self.window * self.batch_size
+        out = []
+        for start in range(0, len(order), span):
+            # sorted() is stable: equal lengths keep their shuffled order, so ties are random too
+            chunk = sorted(order[start : start + span], key=lambda i: -self.lengths[i])
+            out += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            out = [b for b in out if len(b) == self.batch_size]
+        return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches(self.passes)
+        self.passes += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        n, span = len(self.lengths), self.window * self.batch_size
+        sizes = [min(span, n - s) for s in range(0, n, span)]  # windows are cut into batches separately
+        if self.drop_last:
+            return sum(m // self.batch_size for m in sizes)
+        return sum(-(-m // self.batch_size) for m in sizes)
+
+
+def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
+    """Share of the token slots of right-padded batches that are padding (what grouping by length saves)."""
+    slots = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1.0 - sum(lengths[i] for b in batches for i in b) / max(slots, 1)
+
+
 class PairedDataModule(L.LightningDataModule):
     """Tokenized D⁺ and D⁻ (or any named sides), each with its own 5% validation split.
 
     Training batches are `{side: batch}` dicts (one batch per side per step); validation yields one
-    dataloader per side, in `sides` order.
+    dataloader per side, in `sides` order. `group_by_length=True` draws training batches from a
+    `LengthGroupedSampler` (seeded by `seed`) instead of plain shuffling: less padding, so fewer wasted FLOPs.
     """
 
     def __init__(self, tokenizer, data: dict[str, list[dict]], *, batch_size: int, max_length: int,
-                 val_fraction: float = 0.05, seed: int = 0, with_system: bool = False):
+                 val_fraction: float = 0.05, seed: int = 0, with_system: bool = False,
+                 group_by_length: bool = False):
         super().__init__()
         self.sides = list(data)
         self.batch_size = batch_size
+        self.group_by_length, self.seed = group_by_length, seed
         self.pad_id = tokenizer.pad_token_id
         self.train_rows, self.val_rows = {}, {}
         self.dropped = {}
@@ -89,6 +144,9 @@ class PairedDataModule(L.LightningDataModule):
             self.train_rows[side], self.val_rows[side] = split_rows(kept, val_fraction, seed)
 
     def _loader(self, rows, shuffle: bool) -> DataLoader:
+        if shuffle and self.group_by_length:
+            sampler = LengthGroupedSampler([len(r["input_ids"]) for r in rows], self.batch_size, seed=self.seed)
+            return DataLoader(rows, batch_sampler=sampler, collate_fn=lambda b: collate(b, self.pad_id))
         g = torch.Generator().manual_seed(0)
         return DataLoader(rows, batch_size=self.batch_size, shuffle=shuffle, generator=g,
                           collate_fn=lambda b: collate(b, self.pad_id))
