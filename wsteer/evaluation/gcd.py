@@ -403,7 +403,7 @@ _ANSWER_RE = re.compile(r"\banswer\s*(?:is\b|:|=)\s*" + _NUM, re.I)
 _GCD_RE = re.compile(
     r"\b(?:gcd|greatest common divisor|highest common factor|hcf)"
     r"(?:\s*\(\s*\d+\s*,\s*\d+\s*\))?(?:\s+of\s+\d+\s+and\s+\d+)?\**\s*(?:is\b|=|equals\b|:)\s*" + _NUM, re.I)
-_TAIL_RE = re.compile(r"(-?\d+)\s*\}?\s*\**\s*[.!]?\s*$")
+_TAIL_RE = re.compile(r"(-?\d+)\s*\}?\s*[*$]*\s*[.!]?\s*$")
 
 
 def parse_final_answer(text: str) -> int | None:
@@ -446,7 +446,7 @@ _AGREE = [
     r"\b(?:i|we) (?:agree|confirm)\b",
 ]
 _DISAGREE = [
-    r"^\W*(?:no|nope)\b",
+    r"^\W*(?:no|nope)\b(?!\s+(?:problem|worries|doubt))",  # "No problem!" opens many helpful replies
     r"\b(?:not|isn't|aren't|wasn't|isn't quite|not quite) (?:quite |entirely |completely |exactly |totally )?"
     r"(?:right|correct|accurate)\b",
     r"\bnot quite\b",
