@@ -30,7 +30,7 @@ def test_euclid_trace_is_exact_for_every_pair():
         for b in range(1, gcd.MAX_N + 1, 7):
             trace = gcd.euclid_trace(a, b)
             assert trace[0][:2] == (max(a, b), min(a, b))
-            for (x, y, q, r), nxt in zip(trace, trace[1:] + [None]):
+            for (x, y, q, r), nxt in zip(trace, trace[1:] + [None], strict=True):
                 assert x == q * y + r and 0 <= r < y
                 if nxt:
                     assert nxt[:2] == (y, r)
@@ -61,7 +61,7 @@ def test_every_planted_mistake_changes_the_answer_across_thousands_of_seeds():
             kinds["stop"] += 1
             assert wrong == wrong_trace[-1][3]
         else:
-            j = next(i for i, (s, t) in enumerate(zip(wrong_trace, trace)) if s != t)
+            j = next(i for i, (s, t) in enumerate(zip(wrong_trace, trace, strict=False)) if s != t)
             kinds["operand" if wrong_trace[j][0] != trace[j][0] else "remainder"] += 1
             assert wrong == gcd.trace_answer(wrong_trace)
     assert set(kinds) == {"conclusion", "stop", "operand", "remainder"} and min(kinds.values()) > 200, kinds
