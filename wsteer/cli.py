@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from wsteer.errors import WsteerError
 
@@ -13,3 +19,29 @@ def guarded(run, cfg):
     except WsteerError as e:
         print(f"wsteer: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+
+
+class WritableRunDir(Callback):
+    """Refuse an unwritable `hydra.run.dir` / `hydra.sweep.dir` with one line, before Hydra writes into it.
+
+    Hydra creates the run dir before any wsteer code runs and reports a failure there with a stack trace;
+    this callback (registered in conf/base.yaml) runs first and exits 2 with the usual `wsteer: error:` line.
+    """
+
+    def _check(self, config: DictConfig, key: str) -> None:
+        folder = Path(str(OmegaConf.select(config, key)))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".wsteer-write-check-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            print(f"wsteer: error: {key}={folder} is not writable ({e.strerror or e}); set {key}=... to a "
+                  "writable folder", file=sys.stderr)
+            sys.exit(2)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "hydra.sweep.dir")

@@ -1,6 +1,9 @@
-"""The one place objects are built from config (Hydra `_target_`), restricted to trusted modules."""
+"""Config handling: building objects (Hydra `_target_`, trusted modules only) and checking values up front."""
 
 from __future__ import annotations
+
+import math
+import re
 
 from hydra.utils import instantiate as _instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -22,3 +25,71 @@ def instantiate(node: DictConfig, exclude: tuple[str, ...] = (), **kwargs):
         raise WsteerError(f"refusing to build {target!r}: config targets must live in wsteer.*")
     node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in exclude})
     return _instantiate(node, _partial_=True)(**kwargs)
+
+
+# --- value checks: a typo in a number costs seconds, not a sampling run ----------------------------------------
+
+def _int_at_least(lo: int):
+    def ok(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+    return ok
+
+
+def _number(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+    def ok(v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    return ok
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+# (config path, check, what it must be, an example of a good value)
+CHECKS = (
+    ("seed", _int_at_least(0), "a non-negative integer", "seed=0"),
+    ("sampling.n_samples", _int_at_least(1), "a positive integer", "sampling.n_samples=2"),
+    ("sampling.batch_size", _int_at_least(1), "a positive integer", "sampling.batch_size=50"),
+    ("sampling.max_new_tokens", _int_at_least(1), "a positive integer", "sampling.max_new_tokens=80"),
+    ("sampling.temperature", _number(0), "a finite number ≥ 0", "sampling.temperature=0.8"),
+    ("sampling.max_questions", _optional(_int_at_least(1)), "null or a positive integer", "sampling.max_questions=2"),
+    ("sampling.max_prompts", _optional(_int_at_least(1)), "null or a positive integer", "sampling.max_prompts=2"),
+    ("sampling.min_kept", _int_at_least(0), "a non-negative integer", "sampling.min_kept=4"),
+    ("trainer.steps", _int_at_least(1), "a positive integer", "trainer.steps=25"),
+    ("trainer.batch_size", _int_at_least(1), "a positive integer", "trainer.batch_size=8"),
+    ("trainer.lr", _number(0, lo_open=True), "a finite number > 0", "trainer.lr=3e-4"),
+    ("trainer.weight_decay", _number(0), "a finite number ≥ 0", "trainer.weight_decay=0.01"),
+    ("trainer.warmup_steps", _int_at_least(0), "a non-negative integer", "trainer.warmup_steps=5"),
+    ("trainer.max_length", _int_at_least(8), "an integer ≥ 8", "trainer.max_length=160"),
+    ("trainer.eval_every", _int_at_least(1), "a positive integer", "trainer.eval_every=5"),
+    ("trainer.val_fraction", _number(0, 1, lo_open=True, hi_open=True), "a number strictly between 0 and 1",
+     "trainer.val_fraction=0.05"),
+    ("trainer.grad_clip", _optional(_number(0, lo_open=True)), "null or a finite number > 0", "trainer.grad_clip=1.0"),
+    ("adapter.r", _int_at_least(1), "a positive integer (the paper uses 32)", "adapter.r=32"),
+    ("adapter.alpha", _number(0, lo_open=True), "a finite number > 0", "adapter.alpha=16"),
+    ("adapter.dropout", _number(0, 1, hi_open=True), "a number in [0, 1)", "adapter.dropout=0"),
+    ("bias.lr", _number(0, lo_open=True), "a finite number > 0", "bias.lr=1e-3"),
+    ("finetune.checkpoint_every", _int_at_least(1), "a positive integer", "finetune.checkpoint_every=5"),
+    ("eval.max_new_tokens", _int_at_least(1), "a positive integer", "eval.max_new_tokens=80"),
+    ("eval.batch_size", _int_at_least(1), "a positive integer", "eval.batch_size=20"),
+)
+_MISSING = object()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every numeric setting a recipe relies on; raise one `WsteerError` naming the first bad one.
+
+    Called before the model is loaded, so a wrong value fails in about a second instead of after sampling or
+    training has started. Settings absent from a config (e.g. a primary config without `trainer`) are skipped.
+    """
+    for path, ok, what, example in CHECKS:
+        value = OmegaConf.select(cfg, path, default=_MISSING)
+        if value is _MISSING:
+            continue
+        if not ok(value):
+            raise WsteerError(f"{path} must be {what}, got {value!r} (e.g. {example})")
+    device = OmegaConf.select(cfg, "device", default="auto")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise WsteerError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")

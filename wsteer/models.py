@@ -32,11 +32,20 @@ TINY_CHAT_TEMPLATE = (
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise WsteerError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WsteerError(f"device={name} but torch sees no CUDA GPU here; use device=auto or device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise WsteerError(f"device={name} but only {torch.cuda.device_count()} GPU(s) are visible; use device=cuda:0")
+    return device
 
 
 def load_model(model_cfg: DictConfig, cache_dir: str | os.PathLike, device: str = "auto"):
     """Return `(model, tokenizer)` for a `conf/model/*.yaml` node, in eval mode on `device`."""
+    target = resolve_device(device)  # before the (possibly slow) load: a bad device fails at once
     source = model_cfg.source
     if source == "tiny":
         tokenizer = build_tiny_tokenizer()
@@ -50,7 +59,7 @@ def load_model(model_cfg: DictConfig, cache_dir: str | os.PathLike, device: str 
         raise WsteerError(f"model.source must be one of gguf, hf, tiny; got {source!r}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(resolve_device(device)).eval()
+    model.to(target).eval()
     return model, tokenizer
 
 

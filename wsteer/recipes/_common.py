@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -12,6 +14,8 @@ import lightning as L
 from omegaconf import DictConfig
 
 from wsteer.behaviors import Behavior
+from wsteer.config import validate
+from wsteer.errors import WsteerError
 from wsteer.models import fingerprint, load_model
 
 
@@ -39,12 +43,31 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
+def ensure_writable(folder: Path, what: str, fix: str) -> Path:
+    """Create `folder` and prove a file can be written in it, or raise one error naming `fix`.
+
+    Checked at start-up: a read-only or mistyped output path should cost a second, not a finished training
+    whose artifacts then cannot be saved.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".wsteer-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise WsteerError(f"{what} {folder} is not writable ({e.strerror or e}); {fix}") from e
+    return folder
+
+
 def prepare(cfg: DictConfig) -> Context:
-    behavior = Behavior.from_cfg(cfg.behavior).limited(  # validate cheap things before the model load
+    validate(cfg)  # numbers and names first: a typo fails in a second, before the model load
+    behavior = Behavior.from_cfg(cfg.behavior).limited(
         cfg.sampling.get("max_questions"), cfg.sampling.get("max_prompts"))
     L.seed_everything(cfg.seed, verbose=False)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_writable(Path(cfg.output_dir), "output dir",
+                              "set output_dir=... (or hydra.run.dir=...) to a writable folder")
+    ensure_writable(Path(cfg.paths.cache_dir).expanduser(), "cache dir",
+                    "set WSTEER_CACHE or paths.cache_dir=... to a writable folder")
     t0 = time.perf_counter()
     model, tokenizer = load_model(cfg.model, cfg.paths.cache_dir, cfg.device)
     ctx = Context(cfg, model, tokenizer, fingerprint(model), behavior, out_dir)
@@ -62,8 +85,6 @@ def merge_base_adapter(ctx: Context) -> None:
     if not path:
         return
     from peft import PeftModel
-
-    from wsteer.errors import WsteerError
 
     if not (Path(path) / "adapter_config.json").is_file():
         raise WsteerError(f"base_adapter={path} is not a PEFT adapter folder (no adapter_config.json)")

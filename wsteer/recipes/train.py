@@ -273,7 +273,16 @@ def export_pairs(ctx: Context, dest: str) -> dict[str, float]:
     return {f"data/count_{s}": float(n) for s, n in manifest["counts"].items()}
 
 
+RECIPE_SOURCES = (*SOURCES, "task", "joint", "monitoring")
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
+    # Names are checked before the model load and sampling, so a typo costs a second.
+    if cfg.source not in RECIPE_SOURCES:
+        raise WsteerError(f"unknown source={cfg.source!r}; choose one of {', '.join(RECIPE_SOURCES)}")
+    if cfg.stage not in ("all", "data"):
+        raise WsteerError(f"unknown stage={cfg.stage!r}; use stage=all (build the artifacts) or stage=data "
+                          "(only sample D+/D-)")
     ctx = prepare(cfg)
     if cfg.stage == "data":
         return export_pairs(ctx, cfg.pairs_out)
