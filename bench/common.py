@@ -1,0 +1,131 @@
+"""Shared by the benches: models (the embedded default on CPU, random-init paper architectures on GPU), data, timing.
+
+Every bench compares systems on the same inputs in the same process and prints ratios against a baseline measured
+in that run: absolute numbers on a shared CPU are noisy, ratios measured side by side much less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# GPU PATH: the paper-scale architectures, written out here because nothing can be downloaded on the GPU machines.
+# Values are those of the published Qwen2.5-*-Instruct config.json files; weights are random (throughput and memory
+# do not depend on their values).
+QWEN2_5 = {
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+ARCHS = ("smollm2_135m", "tiny", *QWEN2_5)
+H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM spec, dense bf16: the usual MFU denominator
+
+
+def parser(desc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=desc)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--arch", default="smollm2_135m", choices=ARCHS,
+                   help="smollm2_135m: the embedded default (real weights); qwen2.5-*: random init (GPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    return p
+
+
+def setup(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.manual_seed(0)
+
+
+def load(arch: str, device: str, dtype: torch.dtype | None = None):
+    """(model, tokenizer) in eval mode on `device`. bf16 on CUDA, fp32 on CPU unless `dtype` says otherwise."""
+    from wsteer.models import build_tiny_tokenizer, load_model
+
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    if arch in QWEN2_5:
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        cfg = Qwen2Config(**QWEN2_5[arch], max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
+                          hidden_act="silu", use_sliding_window=False)
+        with torch.device(device):
+            model = Qwen2ForCausalLM(cfg).to(dtype)
+        # the byte-level tokenizer built in-process (no download); ids stay far below Qwen's vocab size
+        tokenizer = build_tiny_tokenizer()
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model.eval(), tokenizer
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{arch}.yaml")
+    model, tokenizer = load_model(cfg, os.environ.get("WSTEER_CACHE", "~/.cache/wsteer"), device=device)
+    return model.to(dtype).eval(), tokenizer
+
+
+def pairs(behavior: str = "sycophancy") -> dict[str, list[dict]]:
+    """The shipped D⁺/D⁻ of the default model: real answers of real lengths."""
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(ROOT / "data" / "pairs" / behavior / "smollm2_135m"))
+    return {side: [dict(r) for r in ds[side]] for side in ("pos", "neg")}
+
+
+def questions(behaviors=("sycophancy", "evil"), split: str = "heldout_questions") -> list[str]:
+    out = []
+    for b in behaviors:
+        out += list(OmegaConf.load(ROOT / "conf" / "behavior" / f"{b}.yaml")[split])
+    return out
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def lora_cfg(r: int = 32, alpha: float = 16):
+    """The paper's adapter (r 32, α 16, dropout 0, all linear layers) as `conf/adapter/lora.yaml` spells it."""
+    return OmegaConf.create({"r": r, "alpha": alpha, "dropout": 0.0, "target_modules": "all-linear", "init_seed": 0})
+
+
+def report(title: str, rows: list[dict], baseline: str, key: str, higher_is_better: bool = True, args=None) -> None:
+    """Print a table with each row's ratio to the baseline row, and optionally write it as JSON."""
+    if not any(r["system"] == baseline for r in rows):
+        baseline = rows[0]["system"]
+    base = next(r for r in rows if r["system"] == baseline)[key]
+    print(f"\n## {title}")
+    for r in rows:
+        r[f"ratio_vs_{baseline}"] = (r[key] / base) if higher_is_better else (base / r[key])
+        extras = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+                           if k not in ("system", key, f"ratio_vs_{baseline}"))
+        print(f"{r['system']:<34} {key} {r[key]:>10.4g}   ×{r[f'ratio_vs_{baseline}']:.2f} vs {baseline}"
+              + (f"   ({extras})" if extras else ""))
+    if args is not None and args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        from wsteer.artifacts import write_json
+
+        write_json(Path(args.json), {"title": title, "args": vars(args), "rows": rows,
+                                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                                     "threads": torch.get_num_threads()})

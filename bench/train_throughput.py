@@ -1,0 +1,195 @@
+"""Training tokens/s: our paired-LoRA Lightning training vs a plain PyTorch+PEFT loop vs TRL's SFTTrainer.
+
+Same model, data (the shipped sycophancy D⁺/D⁻), LoRA config (r 32, α 16, all linear layers), batch size, sequence
+cap, optimizer (AdamW, linear schedule, grad clip 1) and number of optimizer steps per side. Every system trains
+two adapters, one per side, as the paired method needs: ours and the plain loop on one base model in one process
+(alternating sides every step), TRL as two trainer runs (it trains one adapter per run). tokens/s counts real
+(non-padding) tokens, so padding waste shows up as lost throughput.
+
+    python bench/train_throughput.py                              # CPU, SmolLM2-135M (embedded default)
+    python bench/train_throughput.py --device cuda --arch qwen2.5-7b --max-length 512 --steps 20   # GPU PATH
+
+On CUDA the model is bf16 and training runs under bf16 autocast (Lightning `bf16-mixed`); MFU is reported against
+the H100's dense bf16 peak with model FLOPs = 4 × matmul parameters per token (forward + input gradients; the
+frozen base needs no weight gradients; attention FLOPs are left out, so MFU is slightly understated).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.common import H100_BF16_DENSE_TFLOPS, free, load, lora_cfg, pairs, parser, report, setup, timed  # noqa: E402
+from wsteer.data.sft import PairedDataModule, collate  # noqa: E402
+
+SIDES = ("pos", "neg")
+LR, WD, WARMUP = 3e-4, 0.01, 1
+
+
+def matmul_params(model) -> int:
+    """Parameters used in matmuls per token: every Linear, including the LM head (not the input embedding)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def datamodule(tok, args, grouped: bool) -> PairedDataModule:
+    return PairedDataModule(tok, pairs(), batch_size=args.batch_size, max_length=args.max_length,
+                            val_fraction=0.05, seed=0, group_by_length=grouped)
+
+
+def run_ours(args, grouped: bool) -> dict:
+    import lightning as L
+
+    from wsteer.training.paired import LoraPair, PairedModule
+
+    model, tok = load(args.arch, args.device)
+    dm = datamodule(tok, args, grouped)
+    pair = LoraPair(model, lora_cfg(), SIDES)
+    module = PairedModule(model, pair, lr=LR, weight_decay=WD, warmup_steps=WARMUP, total_steps=args.steps)
+    counted = {"tokens": 0, "slots": 0}
+
+    class Count(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            for side in SIDES:
+                counted["tokens"] += int(batch[side]["attention_mask"].sum())
+                counted["slots"] += batch[side]["attention_mask"].numel()
+
+    trainer = L.Trainer(max_steps=args.steps * len(SIDES), limit_val_batches=0, num_sanity_val_steps=0,
+                        accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
+                        precision="bf16-mixed" if args.device == "cuda" else "32-true", logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                        callbacks=[Count()], default_root_dir=tempfile.mkdtemp(prefix="wsteer-bench-"))
+    _, dt = timed(lambda: trainer.fit(module, datamodule=dm), args.device)
+    n = matmul_params(model)
+    pair.remove()
+    del model, module, trainer
+    free(args.device)
+    return {"seconds": dt, "tokens": counted["tokens"], "padding": 1 - counted["tokens"] / counted["slots"],
+            "params": n}
+
+
+def run_plain(args) -> dict:
+    """What one writes by hand: PEFT adapters, shuffled padded batches, AdamW per adapter, autocast on GPU."""
+    from peft import get_peft_model
+    from torch.utils.data import DataLoader
+    from transformers import get_linear_schedule_with_warmup
+
+    from wsteer.training.paired import lora_config
+
+    model, tok = load(args.arch, args.device)
+    dm = datamodule(tok, args, grouped=False)
+    torch.manual_seed(0)
+    peft = get_peft_model(model, lora_config(lora_cfg()), adapter_name="pos")
+    peft.add_adapter("neg", lora_config(lora_cfg()))
+    peft.train()
+    opts, scheds, loaders = {}, {}, {}
+    for side in SIDES:
+        params = [p for n, p in peft.named_parameters() if "lora_" in n and f".{side}." in n]
+        for p in params:
+            p.requires_grad_(True)
+        opts[side] = torch.optim.AdamW(params, lr=LR, weight_decay=WD)
+        scheds[side] = get_linear_schedule_with_warmup(opts[side], WARMUP, args.steps)
+        g = torch.Generator().manual_seed(0)
+        loaders[side] = DataLoader(dm.train_rows[side], batch_size=args.batch_size, shuffle=True, generator=g,
+                                   collate_fn=lambda b: collate(b, tok.pad_token_id))
+    counted = {"tokens": 0}
+    dev = torch.device(args.device)
+
+    def loop():
+        iters = {s: iter(loaders[s]) for s in SIDES}
+        for _ in range(args.steps):
+            for side in SIDES:
+                try:
+                    batch = next(iters[side])
+                except StopIteration:
+                    iters[side] = iter(loaders[side])
+                    batch = next(iters[side])
+                counted["tokens"] += int(batch["attention_mask"].sum())
+                peft.set_adapter(side)
+                with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
+                    loss = peft(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
+                                labels=batch["labels"].to(dev)).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for g in opts[side].param_groups for p in g["params"]], 1.0)
+                opts[side].step()
+                opts[side].zero_grad(set_to_none=True)
+                scheds[side].step()
+
+    _, dt = timed(loop, args.device)
+    del model, peft, opts
+    free(args.device)
+    return {"seconds": dt, "tokens": counted["tokens"]}
+
+
+def run_trl(args) -> dict:
+    """TRL SFTTrainer, one run per side, on the same pre-tokenized rows (loss on the answer tokens only)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from wsteer.training.paired import lora_config
+
+    total = {"tokens": 0, "seconds": 0.0}
+    for side in SIDES:
+        model, tok = load(args.arch, args.device)
+        dm = datamodule(tok, args, grouped=False)
+        rows = [{"input_ids": r["input_ids"], "completion_mask": [int(x != -100) for x in r["labels"]]}
+                for r in dm.train_rows[side]]
+        cfg = SFTConfig(output_dir=tempfile.mkdtemp(prefix="wsteer-bench-trl-"), max_steps=args.steps,
+                        per_device_train_batch_size=args.batch_size, learning_rate=LR, weight_decay=WD,
+                        warmup_steps=WARMUP, lr_scheduler_type="linear", max_grad_norm=1.0,
+                        gradient_checkpointing=False, logging_strategy="no", save_strategy="no", eval_strategy="no",
+                        report_to=[], use_cpu=args.device == "cpu", bf16=args.device == "cuda",
+                        max_length=args.max_length, completion_only_loss=True, packing=False, padding_free=False,
+                        dataloader_num_workers=0, disable_tqdm=True, seed=0)
+        trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                             peft_config=lora_config(lora_cfg()))
+        compute_loss = trainer.compute_loss
+
+        def counting(model, inputs, *a, _f=compute_loss, **kw):
+            # counted where a batch is trained on (the collator also sees batches prefetched and never used)
+            total["tokens"] += int(inputs["attention_mask"].sum())
+            return _f(model, inputs, *a, **kw)
+
+        trainer.compute_loss = counting
+        _, dt = timed(trainer.train, args.device)
+        total["seconds"] += dt
+        del model, trainer
+        free(args.device)
+    return total
+
+
+def main():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=8, help="optimizer steps per side")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=160)
+    p.add_argument("--systems", default="plain,ours,ours_grouped,trl")
+    args = p.parse_args()
+    setup(args)
+    rows = []
+    for system in args.systems.split(","):
+        if system == "trl":
+            r = run_trl(args)
+        elif system == "plain":
+            r = run_plain(args)
+        else:
+            r = run_ours(args, grouped=system == "ours_grouped")
+        r["tok_per_s"] = r["tokens"] / r["seconds"]
+        if args.device == "cuda" and "params" in r:
+            r["mfu"] = 4 * r["params"] * r["tok_per_s"] / (H100_BF16_DENSE_TFLOPS * 1e12)
+        rows.append({"system": {"plain": "plain_torch_peft_loop", "trl": "trl_sfttrainer"}.get(system, system), **r})
+        print(f"{system}: {r}", flush=True)
+    report(f"training tokens/s ({args.arch}, {args.device}, batch {args.batch_size}, ≤{args.max_length} tokens, "
+           f"{args.steps} steps × 2 sides)", rows, "plain_torch_peft_loop", "tok_per_s", args=args)
+    if any(r["system"] == "trl_sfttrainer" for r in rows):
+        trl = next(r for r in rows if r["system"] == "trl_sfttrainer")["tok_per_s"]
+        for r in rows:
+            print(f"{r['system']:<34} ×{r['tok_per_s'] / trl:.2f} vs trl_sfttrainer")
+
+
+if __name__ == "__main__":
+    main()
