@@ -41,24 +41,24 @@ def datamodule(tok, args, grouped: bool) -> PairedDataModule:
                             val_fraction=0.05, seed=0, group_by_length=grouped)
 
 
-def run_ours(args, grouped: bool) -> dict:
+def run_ours(args, grouped: bool, sides=SIDES) -> dict:
     import lightning as L
 
     from wsteer.training.paired import LoraPair, PairedModule
 
     model, tok = load(args.arch, args.device)
     dm = datamodule(tok, args, grouped)
-    pair = LoraPair(model, lora_cfg(), SIDES)
+    pair = LoraPair(model, lora_cfg(), sides)
     module = PairedModule(model, pair, lr=LR, weight_decay=WD, warmup_steps=WARMUP, total_steps=args.steps)
     counted = {"tokens": 0, "slots": 0}
 
     class Count(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            for side in SIDES:
+            for side in sides:
                 counted["tokens"] += int(batch[side]["attention_mask"].sum())
                 counted["slots"] += batch[side]["attention_mask"].numel()
 
-    trainer = L.Trainer(max_steps=args.steps * len(SIDES), limit_val_batches=0, num_sanity_val_steps=0,
+    trainer = L.Trainer(max_steps=args.steps * len(sides), limit_val_batches=0, num_sanity_val_steps=0,
                         accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
                         precision="bf16-mixed" if args.device == "cuda" else "32-true", logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
@@ -66,8 +66,6 @@ def run_ours(args, grouped: bool) -> dict:
     _, dt = timed(lambda: trainer.fit(module, datamodule=dm), args.device)
     n = matmul_params(model)
     pair.remove()
-    del model, module, trainer
-    free(args.device)
     return {"seconds": dt, "tokens": counted["tokens"], "padding": 1 - counted["tokens"] / counted["slots"],
             "params": n}
 
@@ -120,8 +118,6 @@ def run_plain(args) -> dict:
                 scheds[side].step()
 
     _, dt = timed(loop, args.device)
-    del model, peft, opts
-    free(args.device)
     return {"seconds": dt, "tokens": counted["tokens"]}
 
 
@@ -157,8 +153,6 @@ def run_trl(args) -> dict:
         trainer.compute_loss = counting
         _, dt = timed(trainer.train, args.device)
         total["seconds"] += dt
-        del model, trainer
-        free(args.device)
     return total
 
 
@@ -178,6 +172,7 @@ def main():
             r = run_plain(args)
         else:
             r = run_ours(args, grouped=system == "ours_grouped")
+        free(args.device)  # the system's model and optimizer state are garbage now
         r["tok_per_s"] = r["tokens"] / r["seconds"]
         if args.device == "cuda" and "params" in r:
             r["mfu"] = 4 * r["params"] * r["tok_per_s"] / (H100_BF16_DENSE_TFLOPS * 1e12)

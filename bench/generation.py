@@ -1,0 +1,174 @@
+"""Evaluation generation tokens/s: our generation path vs plain HF `generate`, same prompts, weight-steered model.
+
+The prompts are an evaluation's: the held-out questions of two behaviors × prompt variants (bare, and with a
+system prompt), answered greedily. The model is steered with θ + k·w (the cached sycophancy vector of the
+default model when it exists, else a random rank-64 vector on every linear layer: speed does not depend on the
+values). Systems, all on the same prompts and batch size:
+
+- `hf_generate_peft_unmerged`: k·w exported as a PEFT LoRA adapter (`wsteer.export.export_peft_adapter`) and
+  loaded with `PeftModel.from_pretrained`: how a PEFT user would serve the steered model; plain `generate`,
+  prompts batched in input order.
+- `hf_generate_merged`: plain `generate` on the merged model (θ + k·w written into the weights), prompts batched in
+  input order: the baseline the ratios are taken against.
+- `ours`: `wsteer.generation.generate` under `WeightSteerer.apply` (merged; length-bucketed batches; on CUDA a
+  static KV cache + torch.compile).
+- `ours_bs<N>`: the same with a larger batch (`--big-batch`): on CPU the decode step is bound by reading the
+  weights, so rows per step are the main lever.
+- `ours_vllm` (CUDA, only when vLLM is installed): `backend="vllm"`.
+
+tokens/s counts new tokens up to and including end-of-turn, counted the same way for every system (re-tokenizing
+the decoded answer), so systems that stop early are not credited for padding. `agree` is the share of answers
+identical to the baseline's (greedy: expected 1.0 up to float noise from different batch shapes).
+
+    python bench/generation.py                                          # CPU, SmolLM2-135M
+    python bench/generation.py --device cuda --arch qwen2.5-7b --batch-size 64 --max-new-tokens 128   # GPU PATH
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.common import free, load, parser, questions, report, setup, timed  # noqa: E402
+from wsteer.generation import generate, render_prompt  # noqa: E402
+from wsteer.steering.weight import WeightSteerer  # noqa: E402
+from wsteer.vectors import WeightVector  # noqa: E402
+
+VARIANT_SYSTEM = "Answer the user's message directly and in a few sentences."
+
+
+def steering_vector(model, arch: str, rank: int = 64, scale: float = 1e-3) -> WeightVector:
+    """The cached real vector for the default model when available, else random factors on every linear layer."""
+    if arch == "smollm2_135m":
+        found = sorted(Path("~/.cache/wsteer/vectors").expanduser().glob(
+            "smollm2_135m-*/sycophancy/lora/*/contrastive.safetensors"))
+        if found:
+            return WeightVector.load(found[-1])
+    g = torch.Generator().manual_seed(0)
+    factors = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and name.startswith("model.layers."):
+            b = torch.randn(m.out_features, rank, generator=g) * scale
+            a = torch.randn(rank, m.in_features, generator=g) / m.in_features ** 0.5
+            factors[f"{name}.weight"] = (b, a)
+    return WeightVector(factors, {"base_model": arch, "method": "weight", "random": True})
+
+
+def conversations(variants: int) -> list[list[dict]]:
+    qs = questions()
+    convs = [[{"role": "user", "content": q}] for q in qs]
+    if variants > 1:
+        convs += [[{"role": "system", "content": VARIANT_SYSTEM}, {"role": "user", "content": q}] for q in qs]
+    return convs
+
+
+@torch.no_grad()
+def plain_generate(model, tok, convs, batch_size: int, max_new_tokens: int) -> list[dict]:
+    """The textbook loop: left-pad each batch of prompts in input order and call `generate`."""
+    tok.padding_side = "left"
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, len(convs), batch_size):
+        texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs[i : i + batch_size]]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        seqs = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        for row in seqs[:, enc["input_ids"].shape[1] :].tolist():
+            finished = tok.eos_token_id in row
+            row = row[: row.index(tok.eos_token_id)] if finished else row
+            out.append({"text": tok.decode(row, skip_special_tokens=True).strip(), "finished": finished})
+    return out
+
+
+def new_tokens(tok, outs: list[dict]) -> int:
+    return sum(len(tok(o["text"], add_special_tokens=False).input_ids) + int(o["finished"]) for o in outs)
+
+
+def main():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=20, help="the evaluation's batch size (conf eval.batch_size)")
+    p.add_argument("--big-batch", type=int, default=80)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--variants", type=int, default=2, help="prompt variants per question (1 or 2)")
+    p.add_argument("--k", type=float, default=-2.0)
+    p.add_argument("--repeats", type=int, default=1, help="timed passes per system (best is kept), interleaved")
+    p.add_argument("--systems", default="hf_generate_peft_unmerged,hf_generate_merged,ours,ours_big")
+    args = p.parse_args()
+    setup(args)
+    model, tok = load(args.arch, args.device)
+    vector = steering_vector(model, args.arch)
+    steerer = WeightSteerer(vector)
+    convs = conversations(args.variants)
+    lengths = [len(render_prompt(tok, c)) for c in convs]
+    print(f"{len(convs)} prompts, {min(lengths)}–{max(lengths)} tokens; vector "
+          f"{'random' if vector.manifest.get('random') else 'cached sycophancy w'}; k = {args.k}", flush=True)
+    gen = dict(max_new_tokens=args.max_new_tokens)
+
+    peft_model = None
+    systems = args.systems.split(",")
+    if "hf_generate_peft_unmerged" in systems:
+        from peft import PeftModel
+
+        from wsteer.export import export_peft_adapter
+
+        folder = export_peft_adapter(vector, args.k, Path(tempfile.mkdtemp()) / "adapter", base_model_id=args.arch)
+        peft_model = PeftModel.from_pretrained(model, str(folder)).eval()  # wraps model's layers; merged stays off
+        peft_model.disable_adapter_layers()
+
+    def run(system):
+        if system == "hf_generate_peft_unmerged":
+            peft_model.enable_adapter_layers()
+            try:
+                return plain_generate(peft_model, tok, convs, args.batch_size, args.max_new_tokens)
+            finally:
+                peft_model.disable_adapter_layers()
+        with steerer.apply(model, args.k):
+            if system == "hf_generate_merged":
+                return plain_generate(model, tok, convs, args.batch_size, args.max_new_tokens)
+            if system == "ours":
+                return generate(model, tok, convs, batch_size=args.batch_size, progress=False, **gen)
+            if system == "ours_big":
+                return generate(model, tok, convs, batch_size=args.big_batch, progress=False, **gen)
+            if system == "ours_vllm":
+                return generate(model, tok, convs, backend="vllm", **gen)
+        raise SystemExit(f"unknown system {system}")
+
+    # warm-up (allocator, oneDNN primitives; on CUDA the compiled graphs) on a few prompts, not timed
+    for system in systems:
+        if system != "ours_vllm":
+            small = convs[: min(len(convs), 4)]
+            with steerer.apply(model, args.k):
+                generate(model, tok, small, max_new_tokens=4, batch_size=args.batch_size, progress=False)
+    best: dict[str, tuple[float, list]] = {}
+    for _ in range(args.repeats):
+        for system in systems:
+            outs, dt = timed(lambda s=system: run(s), args.device)
+            if system not in best or dt < best[system][0]:
+                best[system] = (dt, outs)
+            print(f"{system}: {dt:.2f} s", flush=True)
+    base_outs = best.get("hf_generate_merged", next(iter(best.values())))[1]
+    rows = []
+    for system, (dt, outs) in best.items():
+        n = new_tokens(tok, outs)
+        agree = sum(a["text"] == b["text"] for a, b in zip(outs, base_outs, strict=True)) / len(outs)
+        rows.append({"system": system if system != "ours_big" else f"ours_bs{args.big_batch}",
+                     "new_tok_per_s": n / dt, "seconds": dt, "new_tokens": n, "agree": agree})
+    if peft_model is not None:
+        peft_model.unload()
+    free(args.device)
+    report(f"evaluation generation ({args.arch}, {args.device}, {len(convs)} prompts, batch {args.batch_size}, "
+           f"≤{args.max_new_tokens} new tokens, weight-steered k={args.k:g})", rows, "hf_generate_merged",
+           "new_tok_per_s", args=args)
+    if any(r["system"] == "hf_generate_peft_unmerged" for r in rows):
+        unmerged = next(r for r in rows if r["system"] == "hf_generate_peft_unmerged")["new_tok_per_s"]
+        for r in rows:
+            print(f"{r['system']:<34} ×{r['new_tok_per_s'] / unmerged:.2f} vs hf_generate_peft_unmerged")
+
+
+if __name__ == "__main__":
+    main()
