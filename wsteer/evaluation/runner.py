@@ -75,7 +75,9 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
             if steerer is not None and k != 0:
                 assert_finite_logits(ctx.model, ctx.tokenizer, k, steerer.name)
             for ev in evaluators:
-                key = stable_hash({"model": model_id, "steering": steering_id(steerer), "k": k, **ev.settings()})
+                # k = 0 is the unsteered model whatever the method, so every job of a sweep shares its items
+                steering = steering_id(steerer) if k != 0 else {"method": "none"}
+                key = stable_hash({"model": model_id, "steering": steering, "k": k, **ev.settings()})
                 trainer = L.Trainer(accelerator=cfg.get("eval_accelerator", "auto"), devices=1, logger=False,
                                     enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=True, inference_mode=True)
