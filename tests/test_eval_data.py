@@ -47,7 +47,11 @@ def test_our_qa_set_is_sound():
 
 def test_factual_qa_limit_is_seeded_and_in_file_order():
     full = D.factual_qa("ours")
-    a, b, c = D.factual_qa("ours", limit=20, seed=1), D.factual_qa("ours", limit=20, seed=1), D.factual_qa("ours", limit=20, seed=2)
+    a, b, c = (
+        D.factual_qa("ours", limit=20, seed=1),
+        D.factual_qa("ours", limit=20, seed=1),
+        D.factual_qa("ours", limit=20, seed=2),
+    )
     assert a == b and a != c and len(a) == 20
     pos = {it["id"]: i for i, it in enumerate(full)}
     assert [pos[it["id"]] for it in a] == sorted(pos[it["id"]] for it in a)
@@ -110,7 +114,10 @@ def test_world_affecting_keeps_the_unethical_option():
 # ---------------------------------------------------------------------------------------------- harmful requests
 
 
-@pytest.mark.parametrize("source,n,cats", [("directharm4", 400, {"malware", "drug", "phishing", "disinfo"}), ("advbench", 520, {"advbench"})])
+@pytest.mark.parametrize(
+    "source,n,cats",
+    [("directharm4", 400, {"malware", "drug", "phishing", "disinfo"}), ("advbench", 520, {"advbench"})],
+)
 def test_harmful_requests(source, n, cats):
     items = D.harmful_requests(source)
     assert len(items) == n
@@ -183,7 +190,15 @@ def test_heldout_text():
 
 
 def test_registry_lists_every_loader():
-    assert set(D.DATASETS) == {"factual_qa", "mmlu", "world_affecting", "harmful_requests", "gsm8k", "gsm_danger", "heldout_text"}
+    assert set(D.DATASETS) == {
+        "factual_qa",
+        "mmlu",
+        "world_affecting",
+        "harmful_requests",
+        "gsm8k",
+        "gsm_danger",
+        "heldout_text",
+    }
     for name, (fn, description) in D.DATASETS.items():
         assert callable(fn) and description
         out = fn(limit=3) if name != "mmlu" else fn(n=3)
@@ -215,7 +230,9 @@ def test_hub_sources_fail_clearly_offline(monkeypatch):
     import datasets
 
     def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'meg-tong/sycophancy-eval' on the Hub (LocalEntryNotFoundError)")
+        raise ConnectionError(
+            "Couldn't reach 'meg-tong/sycophancy-eval' on the Hub (LocalEntryNotFoundError)"
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(WsteerError, match="needs network access.*shipped local"):

@@ -36,7 +36,9 @@ def qa_accuracy(source: str = "ours") -> None:
     from wsteer.models import load_model
 
     torch.set_num_threads(2)
-    model, tok = load_model(OmegaConf.load("conf/model/smollm2_135m.yaml"), Path.home() / ".cache" / "wsteer", "cpu")
+    model, tok = load_model(
+        OmegaConf.load("conf/model/smollm2_135m.yaml"), Path.home() / ".cache" / "wsteer", "cpu"
+    )
     items = factual_qa(source)
     start = time.time()
     convs = [[{"role": "user", "content": it["question"] + " Answer briefly."}] for it in items]
@@ -44,7 +46,7 @@ def qa_accuracy(source: str = "ours") -> None:
     correct = incorrect = 0
     per_cat: dict[str, list[int]] = {}
     rows = []
-    for it, out in zip(items, outs):
+    for it, out in zip(items, outs, strict=True):
         text = out["text"].lower()
         ok = any(a.lower() in text for a in it["aliases"])
         bad = any(a.lower() in text for a in it["incorrect_aliases"])
@@ -53,7 +55,9 @@ def qa_accuracy(source: str = "ours") -> None:
         per_cat.setdefault(it.get("category", ""), []).append(ok)
         rows.append({"id": it["id"], "answer": out["text"], "correct": ok})
     n = len(items)
-    print(f"{source}: {correct}/{n} correct = {correct / n:.1%}; incorrect-only {incorrect}/{n}; {time.time() - start:.0f}s")
+    print(
+        f"{source}: {correct}/{n} correct = {correct / n:.1%}; incorrect-only {incorrect}/{n}; {time.time() - start:.0f}s"
+    )
     for cat, oks in sorted(per_cat.items()):
         print(f"  {cat:12s} {sum(oks)}/{len(oks)} = {sum(oks) / len(oks):.0%}")
     Path("/tmp/wsteer_qa_answers.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")

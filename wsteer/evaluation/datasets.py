@@ -67,7 +67,9 @@ def _hub(loader: Callable[[], object], what: str):
     """Run a `datasets.load_dataset` call; turn any offline / missing-dataset failure into one clear line."""
     try:
         return loader()
-    except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, HfHubHTTPError, ...)
+    except (
+        Exception
+    ) as e:  # datasets raises many types (ConnectionError, FileNotFoundError, HfHubHTTPError, ...)
         raise WsteerError(
             f"could not load {what} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
             "this source needs network access or a warm HF datasets cache. Offline, use the shipped local "
@@ -195,7 +197,9 @@ def _mmlu_local() -> list[dict]:
     folder = _path("mmlu", "test")
     files = sorted(folder.glob("*_test.csv"))
     if not files:
-        raise WsteerError(f"no *_test.csv files in {folder}; restore them with `git checkout -- data/eval/mmlu`")
+        raise WsteerError(
+            f"no *_test.csv files in {folder}; restore them with `git checkout -- data/eval/mmlu`"
+        )
     out = []
     for f in files:
         subject = f.name[: -len("_test.csv")]
@@ -280,7 +284,9 @@ def world_affecting(limit: int | None = None, seed: int = 0) -> list[dict]:
             scenario, opt_a, opt_b = parts
             evil = opt_a if row["high_reward_answer"].strip() == "A" else opt_b
             good = opt_b if evil is opt_a else opt_a
-            items.append({"id": f"world_affecting-{name}-{i:03d}", "scenario": scenario, "evil": evil, "good": good})
+            items.append(
+                {"id": f"world_affecting-{name}-{i:03d}", "scenario": scenario, "evil": evil, "good": good}
+            )
     chosen = _take(items, limit, seed)
     rng = random.Random(f"world_affecting-{seed}")
     evil_first = set(rng.sample(range(len(chosen)), len(chosen) // 2))
@@ -314,7 +320,10 @@ def harmful_requests(source: str = "directharm4", limit: int | None = None, seed
         ]
     elif source == "advbench":
         rows = _read_csv(_path("advbench", "harmful_behaviors.csv"))
-        items = [{"id": f"advbench-{i:03d}", "request": r["goal"].strip(), "category": "advbench"} for i, r in enumerate(rows)]
+        items = [
+            {"id": f"advbench-{i:03d}", "request": r["goal"].strip(), "category": "advbench"}
+            for i, r in enumerate(rows)
+        ]
     else:
         raise _unknown("harmful_requests", source, ["directharm4", "advbench"])
     return _take(items, limit, seed)
@@ -336,7 +345,9 @@ def gsm8k(split: str = "test", limit: int | None = None, seed: int = 0) -> list[
     for i, r in enumerate(rows):
         solution, sep, final = r["answer"].rpartition("####")
         if not sep:
-            raise WsteerError(f"data/eval/gsm8k/{split}.jsonl row {i + 1} has no '####' answer; the file is corrupt")
+            raise WsteerError(
+                f"data/eval/gsm8k/{split}.jsonl row {i + 1} has no '####' answer; the file is corrupt"
+            )
         items.append(
             {
                 "id": f"gsm8k-{split}-{i:04d}",
@@ -397,7 +408,7 @@ def gsm_danger(limit: int | None = None, seed: int = 0) -> list[dict]:
     problems = rng.sample(gsm8k("test"), GSM_DANGER_SIZE)
     requests = rng.sample(harmful_requests("advbench"), GSM_DANGER_SIZE)
     items = []
-    for j, (p, r) in enumerate(zip(problems, requests)):
+    for j, (p, r) in enumerate(zip(problems, requests, strict=True)):
         request = r["request"].rstrip(".")
         request = request[0].lower() + request[1:]
         follow_up = rng.choice(_FOLLOW_UPS).format(request=request)
@@ -438,7 +449,10 @@ def heldout_text(limit: int | None = None) -> list[str]:
 DATASETS: dict[str, tuple[Callable[..., list], str]] = {
     "factual_qa": (factual_qa, "questions with a correct and an incorrect answer (sycophancy, §4.1.1)"),
     "mmlu": (mmlu, "MMLU test multiple choice, fixed-seed sample standing in for tinyMMLU (§4.2)"),
-    "world_affecting": (world_affecting, "two-option ethical/unethical scenarios, A/B balanced (evil MCQ, §4.2)"),
+    "world_affecting": (
+        world_affecting,
+        "two-option ethical/unethical scenarios, A/B balanced (evil MCQ, §4.2)",
+    ),
     "harmful_requests": (harmful_requests, "DirectHarm4 or AdvBench harmful requests (refusal/safety, §4.3)"),
     "gsm8k": (gsm8k, "grade-school math word problems with final answers (task fine-tune, §4.3)"),
     "gsm_danger": (gsm_danger, "GSM8K problem + harmful follow-up request, our GSM-Danger stand-in (§4.3)"),
