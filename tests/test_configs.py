@@ -26,6 +26,18 @@ def _targets(node):
             yield from _targets(v)
 
 
+def _experiment_primaries(choice: str) -> tuple[str, ...]:
+    """An experiment's second line is the command that runs it (the first is Hydra's package header)."""
+    command = (CONF / "experiment" / f"{choice}.yaml").read_text().splitlines()[1]
+    return ("train",) if "train.py" in command.split("&&")[0] else ("steer", "evaluate")
+
+
+def test_every_experiment_starts_with_its_command():
+    for f in sorted((CONF / "experiment").glob("*.yaml")):
+        first, second = f.read_text().splitlines()[:2]
+        assert first == "# @package _global_" and second.startswith("# python "), f
+
+
 @pytest.mark.parametrize("primary", PRIMARIES)
 def test_primary_config_composes_and_resolves(primary, tmp_path):
     cfg = compose_cfg(primary, tmp_path)
@@ -36,9 +48,9 @@ def test_primary_config_composes_and_resolves(primary, tmp_path):
 @pytest.mark.parametrize(("group", "choice"), CHOICES, ids=[f"{g}={c}" for g, c in CHOICES])
 @pytest.mark.parametrize("primary", PRIMARIES)
 def test_every_group_option_composes_with_every_primary(primary, group, choice, tmp_path):
-    if ((group == "method" and primary == "train") or (group == "evaluator" and primary != "evaluate")
-            or (group == "experiment" and primary != "train")):
-        pytest.skip(f"{primary}.py has no {group} axis")
+    if ((group in ("method", "evaluator", "suite") and primary == "train")
+            or (group == "experiment" and primary not in _experiment_primaries(choice))):
+        pytest.skip(f"{primary}.py has no {group}={choice} axis")
     override = f"{group}={choice}" if group != "debug" else f"debug={choice}"
     cfg = compose_cfg(primary, tmp_path, [override])
     resolved = OmegaConf.to_container(cfg, resolve=True)
