@@ -215,6 +215,17 @@ def ensure_pairs(cfg: DictConfig, model, tokenizer, behavior: Behavior, fingerpr
     counts = {s: len(kept[s]) for s in SIDES}
     min_kept = cfg.sampling.get("min_kept", MIN_KEPT)
     if min(counts.values()) < min_kept:
+        reasons = stats["dropped_reasons"]
+        pairs_judged = min(stats["raw"].values())
+        if pairs_judged and max(reasons["pos_unscored"], reasons["neg_unscored"]) * 2 > pairs_judged:
+            # Most answers got no score at all: the judge is not answering with numbers, whatever the thresholds.
+            reply = getattr(judge, "last_unparsed", None)
+            raise WsteerError(
+                f"judge {judge.name!r} ({judge.model}) gave no usable 0–100 score for most answers (unscored: pos "
+                f"{reasons['pos_unscored']}, neg {reasons['neg_unscored']} of {pairs_judged} pairs"
+                + (f"; a reply: {reply!r}" if reply else "") + "), so it kept too few pairs (kept "
+                f"{counts}). Use a judge model that follows the prompt, fix judge.prompts, or lower "
+                "judge.min_numeric_mass if it hedges between numbers")
         raise WsteerError(
             f"judge {judge.name!r} kept too few pairs: raw {stats['raw']}, kept {counts} (need ≥ {min_kept} per "
             f"side; dropped: {stats['dropped_reasons']}). Raise sampling.n_samples, relax judge.thresholds, or "

@@ -10,6 +10,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wsteer.errors import WsteerError
+
 DEFAULT_THRESHOLDS = {"trait": 50.0, "coherence": 50.0}
 
 
@@ -70,7 +72,9 @@ def resolve_thresholds(thresholds: dict | None) -> dict[str, float]:
     out = dict(DEFAULT_THRESHOLDS)
     for key, value in dict(thresholds or {}).items():
         if key not in out:
-            raise ValueError(f"unknown judge threshold {key!r}; expected one of {sorted(out)}")
+            raise WsteerError(f"unknown judge threshold judge.thresholds.{key}; expected one of {sorted(out)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise WsteerError(f"judge.thresholds.{key} must be a number from 0 to 100, got {value!r}")
         out[key] = float(value)
     return out
 

@@ -217,6 +217,8 @@ class OpenAIJudge(Judge):
         self._count_lock = threading.Lock()
         self._abort = threading.Event()
         self.requests_made = 0
+        # The last reply that carried no score, so that an error about unusable verdicts can quote one.
+        self.last_unparsed: str | None = None
 
     def __repr__(self) -> str:
         return (f"OpenAIJudge(name={self.name!r}, model={self.model!r}, base_url={self.base_url!r}, "
@@ -266,7 +268,10 @@ class OpenAIJudge(Judge):
                 response = None  # the endpoint rejects logprob requests: parse text from now on
             top = _top_logprobs(response) if response is not None else None
             if top is not None:
-                return score_from_top_logprobs(top, self.min_numeric_mass)
+                score = score_from_top_logprobs(top, self.min_numeric_mass)
+                if score is None:
+                    self.last_unparsed = f"top tokens {sorted(top, key=top.get, reverse=True)[:5]}"
+                return score
             # No logprobs came back; the endpoint will not start sending them, so later questions skip this try.
             self._use_logprobs = False
         try:
@@ -276,7 +281,11 @@ class OpenAIJudge(Judge):
                 f"judge endpoint {self.base_url} rejected a request for model {self.model!r} "
                 f"(HTTP 400: {e.message}); check judge.model and judge.prompts"
             ) from e
-        return score_from_text(response.choices[0].message.content if response.choices else None)
+        text = response.choices[0].message.content if response.choices else None
+        score = score_from_text(text)
+        if score is None:
+            self.last_unparsed = (text or "")[:80]
+        return score
 
     def _create(self, messages: list[dict], **params):
         """One chat completion at temperature 0, retried with exponential backoff on transient failures."""
@@ -288,9 +297,14 @@ class OpenAIJudge(Judge):
             with self._count_lock:
                 self.requests_made += 1
             try:
-                return self._client.chat.completions.create(
+                response = self._client.chat.completions.create(
                     model=self.model, messages=messages, temperature=0, **params
                 )
+            except (openai.APIResponseValidationError, ValueError) as e:  # ValueError: a body that is not JSON
+                raise WsteerError(
+                    f"judge endpoint {self.base_url} answered with something that is not a chat completion "
+                    f"({e.__class__.__name__}); point judge.base_url at an OpenAI-compatible API root (…/v1)"
+                ) from e
             except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
                 error = e  # APITimeoutError is an APIConnectionError
             except openai.BadRequestError:
@@ -310,9 +324,21 @@ class OpenAIJudge(Judge):
                         f"judge endpoint {self.base_url} refused the request (HTTP {e.status_code}: {e.message})"
                     ) from e
                 error = e
+            else:
+                if not hasattr(response, "choices"):  # e.g. an HTML page from a proxy, returned as text
+                    raise WsteerError(
+                        f"judge endpoint {self.base_url} answered with something that is not a chat completion "
+                        f"({str(response)[:60]!r}); point judge.base_url at an OpenAI-compatible API root (…/v1)"
+                    )
+                return response
             if attempt + 1 < attempts:
                 self._abort.wait(min(self.retry_backoff * 2**attempt, 30.0))
         cause = f"{error.__class__.__name__}: {error}"
+        if isinstance(error, openai.APITimeoutError):
+            raise WsteerError(
+                f"judge endpoint {self.base_url} did not answer within judge.timeout={self.timeout:g} s, "
+                f"{attempts} attempts; raise judge.timeout or lower judge.max_concurrency if the server is busy"
+            ) from error
         if isinstance(error, openai.APIConnectionError):
             raise WsteerError(
                 f"judge endpoint {self.base_url} is unreachable after {attempts} attempts ({cause}); "
