@@ -144,3 +144,197 @@ def test_a_steered_model_whose_logits_overflow_is_reported_with_k_and_a_smaller_
                                           r"use a smaller \|k\| \(e\.g\. k=5e\+29\)"), steerer.apply(model, 1e30):
         assert_finite_logits(model, tok, 1e30, "weight")
     assert_bitwise(model, before)  # the refused steering was still undone exactly
+
+
+# --- bad inputs: each one clear error naming the fix --------------------------------------------------------------
+
+def _assert_one_line(proc: subprocess.CompletedProcess, pattern: str, code: int = 2) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert pattern in proc.stderr, proc.stderr
+
+
+def test_unknown_config_group_option_lists_the_available_ones(tmp_path):
+    proc = _cli(tmp_path, "train.py", "logger=none", "behavior=sycophanty")
+    _assert_one_line(proc, "Could not find 'behavior/sycophanty'", code=1)  # Hydra's own message and exit status
+    assert "Available options in 'behavior'" in proc.stderr and "sycophancy" in proc.stderr
+
+
+def test_misspelled_config_key_is_named(tmp_path):
+    proc = _cli(tmp_path, "train.py", "logger=none", "trainer.stpes=3")
+    _assert_one_line(proc, "Key 'stpes' is not in struct", code=1)
+
+
+def test_unwritable_run_dir_is_one_line_before_hydra_writes_anything(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, "train.py", "debug=smoke", "logger=none",
+                           f"hydra.run.dir={blocker / 'run'}"], cwd=ROOT, env=subprocess_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    _assert_one_line(proc, f"wsteer: error: hydra.run.dir={blocker / 'run'} is not writable (Not a directory)")
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "plain_file"
+    path.write_text("not a folder")
+    return path
+
+
+BAD_VALUES = [  # (override, what the one error line must say)
+    ("sampling.n_samples=-1", "sampling.n_samples must be a positive integer, got -1 (e.g. sampling.n_samples=2)"),
+    ("sampling.n_samples=many", "sampling.n_samples must be a positive integer, got 'many'"),
+    ("sampling.temperature=-0.5", "sampling.temperature must be a finite number ≥ 0"),
+    ("adapter.r=0", "adapter.r must be a positive integer (the paper uses 32), got 0"),
+    ("trainer.lr=nan", "trainer.lr must be a finite number > 0"),
+    ("trainer.steps=0", "trainer.steps must be a positive integer"),
+    ("trainer.val_fraction=1.5", "trainer.val_fraction must be a number strictly between 0 and 1"),
+    ("eval.batch_size=0", "eval.batch_size must be a positive integer"),
+    ("device=tpu", "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ("source=lroa", "unknown source='lroa'; choose one of lora, bias"),
+    ("stage=sample", "unknown stage='sample'; use stage=all"),
+    ("judge.thresholds.trait=150", "judge.thresholds.trait must be a number from 0 to 100, got 150"),
+    ("+judge.thresholds.coherance=50", "unknown judge threshold judge.thresholds.coherance"),
+    ("model.source=onnx", "model.source must be one of gguf, hf, tiny; got 'onnx'"),
+    ("judge._target_=os.system", "refusing to build 'os.system': config targets must live in wsteer.*"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_bad_config_values_fail_fast_with_one_error_naming_the_fix(smoke_cfg, override, message):
+    from wsteer.errors import WsteerError
+    from wsteer.recipes import train as train_recipe
+
+    judge = ["judge=rules"] if "thresholds" in override else []
+    with pytest.raises(WsteerError) as err:
+        train_recipe.run(smoke_cfg("train", [*judge, override]))
+    assert message in str(err.value)
+
+
+def test_cuda_requested_without_a_gpu_fails_before_loading_the_model(smoke_cfg):
+    import torch
+
+    from wsteer.errors import WsteerError
+    from wsteer.recipes import train as train_recipe
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(WsteerError, match="device=cuda but torch sees no CUDA GPU here; use device=auto"):
+        train_recipe.run(smoke_cfg("train", ["device=cuda"]))
+
+
+@pytest.mark.parametrize("which", ["output_dir", "paths.cache_dir"])
+def test_unwritable_output_or_cache_dir_is_refused_before_any_work(smoke_cfg, a_file, which):
+    from wsteer.errors import WsteerError
+    from wsteer.recipes import train as train_recipe
+
+    with pytest.raises(WsteerError, match=r"dir .*plain_file/x is not writable \(Not a directory\); set "):
+        train_recipe.run(smoke_cfg("train", [f"{which}={a_file / 'x'}"]))
+
+
+def test_a_model_folder_that_does_not_exist_names_the_download_or_local_path_fix(smoke_cfg, tmp_path):
+    from wsteer.errors import WsteerError
+    from wsteer.recipes import train as train_recipe
+
+    with pytest.raises(WsteerError, match="could not load model .*set model.path to a local folder"):
+        train_recipe.run(smoke_cfg("train", ["model.source=hf", f"model.path={tmp_path / 'no_model'}"]))
+
+
+def test_a_behavior_missing_its_questions_or_with_wrong_fixed_texts_is_refused():
+    from wsteer.behaviors import Behavior
+    from wsteer.errors import WsteerError
+
+    with pytest.raises(WsteerError, match="behavior 'x' is missing build_questions, heldout_questions"):
+        Behavior.from_cfg({"name": "x", "pos_system_prompts": ["a"], "neg_system_prompts": ["b"]})
+    with pytest.raises(WsteerError, match=r"fixed_responses.neg needs one text per build question \(2\), got 1"):
+        Behavior.from_cfg({"name": "x", "pos_system_prompts": ["a"], "neg_system_prompts": ["b"],
+                           "build_questions": ["q1", "q2"], "heldout_questions": ["h"],
+                           "fixed_responses": {"neg": ["only one"]}})
+
+
+def test_base_adapter_that_is_not_a_peft_folder_is_refused(smoke_cfg, tmp_path):
+    from wsteer.errors import WsteerError
+    from wsteer.recipes._common import merge_base_adapter, prepare
+
+    ctx = prepare(smoke_cfg("steer", [f"base_adapter={tmp_path}"]))
+    with pytest.raises(WsteerError, match="is not a PEFT adapter folder"):
+        merge_base_adapter(ctx)
+
+
+def _save_vector(path: Path, manifest: dict, factors: dict | None = None) -> Path:
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    factors = factors or {"model.layers.0.mlp.down_proj.weight": (torch.zeros(64, 2), torch.zeros(2, 128))}
+    tensors = {f"{n}::{k}": t for n, (b, a) in factors.items() for k, t in (("B", b), ("A", a))}
+    save_file(tensors, str(path), metadata={"format": "wsteer.weight_vector/1", "manifest": json.dumps(manifest)})
+    return path
+
+
+def test_a_vector_whose_manifest_lacks_fields_is_refused(tmp_path):
+    from wsteer.errors import WsteerError
+    from wsteer.vectors import WeightVector
+
+    path = _save_vector(tmp_path / "v.safetensors", {"behavior": "sycophancy", "method": "weight"})
+    with pytest.raises(WsteerError, match="manifest lacks base_model, base_fingerprint; rebuild it"):
+        WeightVector.load(path)
+
+
+def test_a_dense_vector_given_where_a_weight_vector_is_needed_is_refused(tmp_path):
+    import torch
+
+    from wsteer.errors import WsteerError
+    from wsteer.vectors import DenseVector, WeightVector
+
+    manifest = {"base_model": "m", "base_fingerprint": "f", "behavior": "b", "method": "bias"}
+    path = DenseVector({"x": torch.zeros(3)}, manifest).save(tmp_path / "bias.safetensors")
+    with pytest.raises(WsteerError, match="is not a wsteer weight vector"):
+        WeightVector.load(path)
+
+
+def test_a_vector_for_modules_or_shapes_the_model_lacks_is_refused(tiny, tmp_path):
+    import torch
+
+    from wsteer.errors import WsteerError
+    from wsteer.models import fingerprint
+    from wsteer.steering.weight import WeightSteerer
+    from wsteer.vectors import WeightVector
+
+    model, _ = tiny
+    base = {"base_model": "m", "base_fingerprint": fingerprint(model), "behavior": "b", "method": "weight"}
+    missing = WeightVector({"model.layers.9.mlp.down_proj.weight": (torch.zeros(64, 2), torch.zeros(2, 128))}, base)
+    with pytest.raises(WsteerError, match="which the loaded model does not have; wrong model="):
+        WeightSteerer(missing).check_compatible(model, fingerprint(model))
+    shape = WeightVector({"model.layers.0.mlp.down_proj.weight": (torch.zeros(32, 2), torch.zeros(2, 128))}, base)
+    with pytest.raises(WsteerError, match=r"shape mismatch at model.layers.0.mlp.down_proj.weight"):
+        WeightSteerer(shape).check_compatible(model, fingerprint(model))
+
+
+def test_a_truncated_dataset_file_is_refused(tmp_path):
+    from wsteer.data.pairs import load_pairs, save_pairs
+    from wsteer.errors import WsteerError
+
+    rows = {s: [{"question": f"q{i}", "response": "an answer " * 10, "system_prompt": "s", "system_prompt_index": 0,
+                 "sample_index": 0, "finished": True} for i in range(20)] for s in ("pos", "neg")}
+    save_pairs(rows, tmp_path / "ds", {"key": {}})
+    arrow = next((tmp_path / "ds" / "pos").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    with pytest.raises(WsteerError, match="is unreadable .*delete it and rerun"):
+        load_pairs(tmp_path / "ds")
+
+
+def test_too_little_data_to_train_and_all_prompts_too_long_are_clear_errors(smoke_cfg):
+    from wsteer.data.sft import PairedDataModule
+    from wsteer.errors import WsteerError
+    from wsteer.recipes import train as train_recipe
+    from wsteer.recipes._common import prepare
+
+    ctx = prepare(smoke_cfg("train"))
+    few = {s: [{"question": "q", "response": "a"}] * 2 for s in ("pos", "neg")}
+    with pytest.raises(WsteerError, match=r"too little data to train: \{'pos': 2, 'neg': 2\} examples"):
+        train_recipe._datamodule(ctx, few)
+    rows = {s: [{"question": "a long question " * 5, "response": "x"}] * 8 for s in ("pos", "neg")}
+    with pytest.raises(WsteerError, match="longer than trainer.max_length=8 tokens; raise it"):
+        PairedDataModule(ctx.tokenizer, rows, batch_size=2, max_length=8)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -48,11 +50,36 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
 
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except Exception as e:
+        reason = _storage_failure(e)
+        if reason is None:
+            raise
+        from wsteer.errors import WsteerError
+
+        raise WsteerError(f"could not write {final}: {reason}; free some space or point output_dir / "
+                          f"paths.cache_dir at another disk (what was there before is unchanged)") from e
     finally:
         if tmp.exists():
             import shutil
 
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+# Write failures that are about the storage, not about the data: disk full, quota, file size limit, read-only.
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EFBIG: "file too large for this file system or limit", errno.EROFS: "read-only file system",
+                   errno.EACCES: "permission denied", errno.EIO: "input/output error"}
+
+
+def _storage_failure(e: BaseException) -> str | None:
+    """A readable reason if `e` is a storage failure, else None. Libraries written in Rust or C (safetensors,
+    Arrow) report the OS error only in their message, as "os error N" or "errno N"."""
+    if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+        return _STORAGE_ERRNOS[e.errno]
+    m = re.search(r"(?:os error|errno:?|Errno)\s*(\d+)", str(e), flags=re.IGNORECASE)
+    if m and int(m.group(1)) in _STORAGE_ERRNOS:
+        return _STORAGE_ERRNOS[int(m.group(1))]
+    return None
 
 
 def _default_permissions(path: Path) -> None:
