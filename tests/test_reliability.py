@@ -338,3 +338,179 @@ def test_too_little_data_to_train_and_all_prompts_too_long_are_clear_errors(smok
     rows = {s: [{"question": "a long question " * 5, "response": "x"}] * 8 for s in ("pos", "neg")}
     with pytest.raises(WsteerError, match="longer than trainer.max_length=8 tokens; raise it"):
         PairedDataModule(ctx.tokenizer, rows, batch_size=2, max_length=8)
+
+
+# --- judge endpoints that misbehave: a real HTTP server on loopback that answers badly -----------------------------
+
+class _BadJudgeServer:
+    """A stdlib HTTP server posing as an OpenAI-compatible endpoint, answering every request in one bad way."""
+
+    def __init__(self, mode: str):
+        import json
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                code, ctype = 200, "application/json"
+                if mode == "slow":
+                    time.sleep(3)
+                if mode == "html":
+                    body, ctype = b"<html><body>502 proxy error</body></html>", "text/html"
+                elif mode == "bad_json":
+                    body = b'{"choices": [ {"message": '
+                elif mode == "bad_key":
+                    code, body = 401, json.dumps({"error": {"message": "invalid api key"}}).encode()
+                else:  # "words": a well-formed completion whose text holds no score
+                    body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                                       "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                           "role": "assistant", "content": "I would rather not rate that."}}]}).encode()
+                self.send_response(code)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except OSError:  # the client gave up (timeout case)
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def bad_judge_server(request):
+    srv = _BadJudgeServer(request.param)
+    yield srv
+    srv.close()
+
+
+JUDGE_FAILURES = [
+    ("slow", r"did not answer within judge.timeout=1 s, 2 attempts; raise judge.timeout"),
+    ("html", r"answered with something that is not a chat completion \('<html>.*point judge.base_url at an "
+             r"OpenAI-compatible API root"),
+    ("bad_json", r"answered with something that is not a chat completion \(JSONDecodeError\)"),
+    ("bad_key", r"rejected the API key \(HTTP 401\); check OPENAI_API_KEY"),
+]
+
+
+@pytest.mark.parametrize(("bad_judge_server", "message"), JUDGE_FAILURES, indirect=["bad_judge_server"],
+                         ids=[m for m, _ in JUDGE_FAILURES])
+def test_a_misbehaving_judge_endpoint_is_one_clear_error(bad_judge_server, message, tmp_path):
+    from wsteer.errors import WsteerError
+    from wsteer.judges.base import JudgeItem
+    from wsteer.judges.openai_judge import OpenAIJudge
+
+    judge = OpenAIJudge(bad_judge_server.url, "judge-model", cache_dir=tmp_path, timeout=1, max_retries=1,
+                        retry_backoff=0.05, progress=False)
+    with pytest.raises(WsteerError, match=message):
+        judge.judge([JudgeItem("sycophancy", "flatters", "Q?", "A.")])
+    assert len(judge.cache) == 0  # nothing bogus was cached as a verdict
+
+
+@pytest.mark.parametrize("bad_judge_server", ["words"], indirect=True)
+def test_a_judge_whose_verdicts_carry_no_score_stops_the_run_quoting_a_reply(bad_judge_server, smoke_cfg):
+    from wsteer.errors import WsteerError
+    from wsteer.recipes import train as train_recipe
+
+    cfg = smoke_cfg("train", ["stage=data", "judge=openai", f"judge.base_url={bad_judge_server.url}",
+                              "judge.model=m", "sampling.max_questions=2", "sampling.max_prompts=2"])
+    with pytest.raises(WsteerError, match=r"gave no usable 0–100 score for most answers .*"
+                                          r"a reply: 'I would rather not rate that.'.*fix judge.prompts"):
+        train_recipe.run(cfg)
+
+
+# --- resources: the disk fills up while an artifact is saved -------------------------------------------------------
+
+_DISK_FULL = r'''
+import json, resource, signal, sys, torch
+from wsteer.errors import WsteerError
+from wsteer.vectors import WeightVector
+from wsteer.artifacts import write_json
+path = sys.argv[1]
+manifest = {"base_model": "m", "base_fingerprint": "f", "behavior": "b", "method": "weight"}
+WeightVector({"w": (torch.ones(8, 2), torch.ones(2, 8))}, {**manifest, "version": "old"}).save(path)
+write_json(path + ".json", {"version": "old"})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, writes fail with EFBIG like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+for what in ("vector", "manifest"):
+    try:
+        if what == "vector":
+            WeightVector({"w": (torch.ones(4096, 2), torch.ones(2, 8))}, {**manifest, "version": "new"}).save(path)
+        else:
+            write_json(path + ".json", {"version": "new", "pad": "x" * 10000})
+    except WsteerError as e:
+        print(f"wsteer: error: {e}")
+'''
+
+
+def test_disk_full_while_saving_is_a_clear_error_and_the_previous_artifact_survives(tmp_path):
+    import json
+
+    from wsteer.vectors import WeightVector
+
+    path = tmp_path / "out" / "vector.safetensors"
+    proc = subprocess.run([sys.executable, "-c", _DISK_FULL, str(path)], cwd=ROOT, env=subprocess_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("wsteer: error: could not write")]
+    assert len(lines) == 2 and "Traceback" not in proc.stderr, (proc.stdout, proc.stderr)
+    assert all("file too large" in x and "point output_dir / paths.cache_dir at another disk" in x for x in lines)
+    assert WeightVector.load(path).manifest["version"] == "old"  # the old artifact is intact, not half-replaced
+    assert json.loads((path.parent / "vector.safetensors.json").read_text()) == {"version": "old"}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["vector.safetensors", "vector.safetensors.json"]
+
+
+# --- atomic artifacts: a kill at any moment of a save never leaves a file that loads as valid but is not -----------
+
+_SAVE_LOOP = r'''
+import sys, torch
+from wsteer.vectors import WeightVector
+from wsteer.artifacts import write_json
+path = sys.argv[1]
+manifest = {"base_model": "m", "base_fingerprint": "f", "behavior": "b", "method": "weight"}
+print("ready", flush=True)
+i = 0
+while True:  # every save writes a complete, self-consistent vector: B = i everywhere, manifest says i
+    i += 1
+    WeightVector({f"w{j}": (torch.full((512, 8), float(i)), torch.ones(8, 512)) for j in range(6)},
+                 {**manifest, "i": i}).save(path)
+    write_json(path + ".json", {"i": i, "pad": [i] * 20000})
+'''
+
+
+def test_a_save_killed_at_random_moments_never_leaves_a_partial_artifact(tmp_path):
+    import json
+    import random
+    import signal
+    import time
+
+    from wsteer.vectors import WeightVector
+
+    path = tmp_path / "vector.safetensors"
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(path)], cwd=ROOT,
+                                env=subprocess_env(tmp_path), stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5 + rng.random())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        vec = WeightVector.load(path)  # whatever is at the final name is one whole save
+        i = vec.manifest["i"]
+        assert all(float(b.min()) == float(b.max()) == i for b, _ in vec.factors.values())
+        assert len(vec.factors) == 6
+        data = json.loads((tmp_path / "vector.safetensors.json").read_text())
+        assert data["i"] in (i, i - 1, i + 1) and set(data["pad"]) == {data["i"]}
+        seen.add(i)
+    assert len(seen) > 1  # the kills landed at different points of the save loop

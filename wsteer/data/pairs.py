@@ -140,7 +140,8 @@ def judge_and_filter(rows: dict[str, list[dict]], behavior: Behavior, judge) -> 
               f"{sum(len(r) for r in rows.values())} answers (the rest came from its verdict cache)")
     th = judge.thresholds
     keep_pos, keep_neg, stats = filter_pairs(rows["pos"], rows["neg"], verdicts["pos"], verdicts["neg"],
-                                             th["trait"], th["coherence"])
+                                             th["trait"], th["coherence"],
+                                             unscored_means_keep=not getattr(judge, "scores", True))
     kept = {"pos": [rows["pos"][i] for i in keep_pos], "neg": [rows["neg"][i] for i in keep_neg]}
     for side, idx in (("pos", keep_pos), ("neg", keep_neg)):
         for r, i in zip(kept[side], idx, strict=True):

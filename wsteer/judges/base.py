@@ -51,6 +51,7 @@ class Judge(ABC):
     version: str = "0"
     model: str | None = None
     thresholds: dict[str, float] = DEFAULT_THRESHOLDS
+    scores: bool = True  # False only for a judge that scores nothing on purpose (`NoneJudge`: keep everything)
 
     @abstractmethod
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:

@@ -39,14 +39,17 @@ def _index(rows: Sequence[dict], side: str) -> dict[tuple, int]:
     return out
 
 
-def pair_failures(pos: Verdict, neg: Verdict, trait_threshold: float, coherence_threshold: float) -> list[str]:
+def pair_failures(pos: Verdict, neg: Verdict, trait_threshold: float, coherence_threshold: float,
+                  unscored_means_keep: bool = True) -> list[str]:
     """The reasons a matched pair fails the rule (empty: keep it).
 
     A missing score fails its check (reported as ``<side>_unscored``, once per side), except when all four
-    scores are missing: that is `NoneJudge`, which means "keep everything".
+    scores are missing and ``unscored_means_keep``: that is `NoneJudge`, which means "keep everything". For a
+    judge that does score, four missing scores are four failures (an endpoint whose replies cannot be parsed
+    must not let every pair through).
     """
     scores = (pos.trait, pos.coherence, neg.trait, neg.coherence)
-    if all(s is None for s in scores):
+    if unscored_means_keep and all(s is None for s in scores):
         return []
     reasons = []
     for side, v in (("pos", pos), ("neg", neg)):
@@ -70,6 +73,7 @@ def filter_pairs(
     neg_verdicts: Sequence[Verdict],
     trait_threshold: float = 50,
     coherence_threshold: float = 50,
+    unscored_means_keep: bool = True,
 ) -> tuple[list[int], list[int], dict]:
     """Apply the persona-vectors rule to matched D⁺/D⁻ pairs.
 
@@ -83,6 +87,7 @@ def filter_pairs(
         neg_verdicts: One verdict per row of ``neg_rows``, same order.
         trait_threshold: Minimum trait score for D⁺; D⁻ must score strictly below it.
         coherence_threshold: Minimum coherence score for both answers.
+        unscored_means_keep: Read a pair with no scores at all as "keep" (only for a judge that scores nothing).
 
     Returns:
         ``(kept_pos, kept_neg, stats)``: ascending indices into ``pos_rows`` and ``neg_rows`` (a kept pair
@@ -104,7 +109,8 @@ def filter_pairs(
         j = neg_index.get(key)
         if j is None:
             continue
-        failures = pair_failures(pos_verdicts[i], neg_verdicts[j], trait_threshold, coherence_threshold)
+        failures = pair_failures(pos_verdicts[i], neg_verdicts[j], trait_threshold, coherence_threshold,
+                                 unscored_means_keep)
         for reason in failures:
             reasons[reason] += 1
         if not failures:

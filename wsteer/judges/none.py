@@ -14,6 +14,7 @@ class NoneJudge(Judge):
     """
 
     version = "none"
+    scores = False
 
     def __init__(self, name: str = "none", thresholds: dict | None = None):
         self.name = name
