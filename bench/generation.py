@@ -16,8 +16,8 @@ values). Systems, all on the same prompts and batch size:
   weights, so rows per step are the main lever.
 - `ours_vllm` (CUDA, only when vLLM is installed): `backend="vllm"`.
 
-tokens/s counts new tokens up to and including end-of-turn, counted the same way for every system (re-tokenizing
-the decoded answer), so systems that stop early are not credited for padding. `agree` is the share of answers
+tokens/s counts new tokens up to and including end-of-turn (padding after it is not counted), the same way for
+every system. `agree` is the share of answers
 identical to the baseline's (greedy: expected 1.0 up to float noise from different batch shapes).
 
     python bench/generation.py                                          # CPU, SmolLM2-135M
@@ -26,6 +26,7 @@ identical to the baseline's (greedy: expected 1.0 up to float noise from differe
 
 from __future__ import annotations
 
+import copy
 import sys
 import tempfile
 from pathlib import Path
@@ -81,12 +82,13 @@ def plain_generate(model, tok, convs, batch_size: int, max_new_tokens: int) -> l
         for row in seqs[:, enc["input_ids"].shape[1] :].tolist():
             finished = tok.eos_token_id in row
             row = row[: row.index(tok.eos_token_id)] if finished else row
-            out.append({"text": tok.decode(row, skip_special_tokens=True).strip(), "finished": finished})
+            out.append({"text": tok.decode(row, skip_special_tokens=True).strip(), "finished": finished,
+                        "new_tokens": len(row) + finished})
     return out
 
 
-def new_tokens(tok, outs: list[dict]) -> int:
-    return sum(len(tok(o["text"], add_special_tokens=False).input_ids) + int(o["finished"]) for o in outs)
+def new_tokens(outs: list[dict]) -> int:
+    return sum(o["new_tokens"] for o in outs)
 
 
 def main():
@@ -117,16 +119,12 @@ def main():
         from wsteer.export import export_peft_adapter
 
         folder = export_peft_adapter(vector, args.k, Path(tempfile.mkdtemp()) / "adapter", base_model_id=args.arch)
-        peft_model = PeftModel.from_pretrained(model, str(folder)).eval()  # wraps model's layers; merged stays off
-        peft_model.disable_adapter_layers()
+        # a copy: PEFT wraps the layers it adapts in place, which would rename the weights the steerer edits
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(folder)).eval()
 
     def run(system):
         if system == "hf_generate_peft_unmerged":
-            peft_model.enable_adapter_layers()
-            try:
-                return plain_generate(peft_model, tok, convs, args.batch_size, args.max_new_tokens)
-            finally:
-                peft_model.disable_adapter_layers()
+            return plain_generate(peft_model, tok, convs, args.batch_size, args.max_new_tokens)
         with steerer.apply(model, args.k):
             if system == "hf_generate_merged":
                 return plain_generate(model, tok, convs, args.batch_size, args.max_new_tokens)
@@ -154,12 +152,11 @@ def main():
     base_outs = best.get("hf_generate_merged", next(iter(best.values())))[1]
     rows = []
     for system, (dt, outs) in best.items():
-        n = new_tokens(tok, outs)
+        n = new_tokens(outs)
         agree = sum(a["text"] == b["text"] for a, b in zip(outs, base_outs, strict=True)) / len(outs)
         rows.append({"system": system if system != "ours_big" else f"ours_bs{args.big_batch}",
                      "new_tok_per_s": n / dt, "seconds": dt, "new_tokens": n, "agree": agree})
-    if peft_model is not None:
-        peft_model.unload()
+    peft_model = None  # noqa: F841  (drop the copy before freeing memory)
     free(args.device)
     report(f"evaluation generation ({args.arch}, {args.device}, {len(convs)} prompts, batch {args.batch_size}, "
            f"≤{args.max_new_tokens} new tokens, weight-steered k={args.k:g})", rows, "hf_generate_merged",

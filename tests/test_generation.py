@@ -59,7 +59,7 @@ def test_outputs_in_input_order_and_finished_flag(tiny):
     model, tok = tiny
     one = [generate(model, tok, [c], max_new_tokens=8, batch_size=1, progress=False)[0] for c in convs()[:4]]
     assert generate(model, tok, convs()[:4], max_new_tokens=8, batch_size=4, progress=False) == one
-    assert all(set(o) == {"text", "finished"} for o in one)
+    assert all(set(o) == {"text", "finished", "new_tokens"} for o in one)
 
 
 def test_length_buckets():

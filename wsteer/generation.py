@@ -83,7 +83,7 @@ def generate(
     compile: bool | None = None,
     backend: str = "hf",
 ) -> list[dict]:
-    """Answer each conversation; returns `{"text", "finished"}` per input, in input order.
+    """Answer each conversation; returns `{"text", "finished", "new_tokens"}` per input, in input order.
 
     temperature 0 means greedy. `compile` (static KV cache + torch.compile) defaults to on for CUDA models and
     off on CPU, where compiling costs minutes and the decode step is bound by reading the weights.
@@ -130,5 +130,6 @@ def generate(
             finished = eos in new
             if finished:
                 new = new[: new.index(eos)]
-            out[i] = {"text": tokenizer.decode(new, skip_special_tokens=True).strip(), "finished": finished}
+            out[i] = {"text": tokenizer.decode(new, skip_special_tokens=True).strip(), "finished": finished,
+                      "new_tokens": len(new) + finished}  # generated tokens, end-of-turn included
     return out  # type: ignore[return-value]

@@ -48,7 +48,8 @@ def _sampling_params(vllm, max_new_tokens: int, temperature: float, seed: int):
 
 
 def _results(outputs) -> list[dict]:
-    return [{"text": o.outputs[0].text.strip(), "finished": o.outputs[0].finish_reason == "stop"} for o in outputs]
+    return [{"text": o.outputs[0].text.strip(), "finished": o.outputs[0].finish_reason == "stop",
+             "new_tokens": len(o.outputs[0].token_ids)} for o in outputs]
 
 
 def _prompts(tokenizer, conversations) -> list[dict]:
