@@ -24,6 +24,7 @@ def test_sycophancy_behavior_has_40_distinct_questions_and_5_plus_5_prompts():
     assert len(b.pos_system_prompts) == len(b.neg_system_prompts) == 5
 
 
+@pytest.mark.reliability
 def test_a_question_in_both_splits_is_refused():
     d = OmegaConf.to_container(OmegaConf.load(CONF / "behavior" / "sycophancy.yaml"))
     d["heldout_questions"][0] = d["build_questions"][3]
@@ -71,6 +72,7 @@ def test_sampler_writes_both_sides_with_manifest_and_training_rows_drop_the_syst
     assert b.demonstration["user"] not in text
 
 
+@pytest.mark.reliability
 def test_unreadable_dataset_folder_gives_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(WsteerError, match="unreadable"):

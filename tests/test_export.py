@@ -220,6 +220,7 @@ def test_composed_vector_with_uneven_ranks_exports_zero_padded_and_merges_exactl
     _assert_merged_is_theta_plus(_merge_exported(folder), snap, deltas)
 
 
+@pytest.mark.reliability
 def test_compose_refuses_parts_from_different_base_models(setup):
     _, _, w1 = setup
     other = WeightVector(w1.factors, {**w1.manifest, "base_fingerprint": "0" * 24})
@@ -262,6 +263,7 @@ def test_merged_export_loads_with_transformers_equals_theta_plus_k_w_and_restore
     assert (folder / "tokenizer_config.json").is_file()
 
 
+@pytest.mark.reliability
 def test_merged_export_refuses_a_steerer_that_works_through_hooks(setup, tmp_path):
     model, tok, _ = setup
     snap = snapshot(model)

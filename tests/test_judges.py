@@ -133,6 +133,7 @@ def test_rows_are_matched_by_question_system_prompt_and_sample_and_unmatched_row
     assert stats["dropped_reasons"]["unmatched_pos"] == 2 and stats["dropped_reasons"]["unmatched_neg"] == 1
 
 
+@pytest.mark.reliability
 def test_filtering_refuses_misaligned_verdicts_and_duplicate_rows():
     pos, neg = [_row("q", "p")], [_row("q", "n")]
     with pytest.raises(ValueError, match="one verdict per row"):
@@ -154,6 +155,7 @@ def test_verdict_cache_round_trips_through_disk(tmp_path):
     assert again.get(ITEM) == Verdict(72.5, None) and len(again) == 1
 
 
+@pytest.mark.reliability
 def test_verdict_cache_ignores_a_partial_last_line_and_keeps_appending_cleanly(tmp_path):
     cache = VerdictCache(tmp_path, "judge-model", "1")
     other = JudgeItem("sycophancy", "agrees with the user", "Q2", "A2")
@@ -195,6 +197,7 @@ def test_text_score_is_the_first_integer_from_0_to_100():
     assert score_from_text("3.5") is None and score_from_text("none") is None and score_from_text(None) is None
 
 
+@pytest.mark.reliability
 def test_prompt_version_changes_when_a_template_changes(tmp_path):
     path, version, templates = load_prompts(None)
     assert path.name == "trait_coherence.yaml" and version.startswith("1-")
@@ -239,6 +242,7 @@ def test_rules_judge_scores_empty_short_and_degenerate_answers_incoherent():
     assert _rules(["The pins set one at a time."])[0].coherence == 100
 
 
+@pytest.mark.reliability
 def test_rules_judge_refuses_behaviors_other_than_refusal():
     with pytest.raises(WsteerError, match="only judge refusal.*judge=openai.*judge=none"):
         _rules(["Yes!"], behavior="sycophancy")
@@ -272,6 +276,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.reliability
 def test_an_unreachable_endpoint_raises_a_clear_error_within_seconds(tmp_path):
     url = f"http://127.0.0.1:{_free_port()}/v1"
     judge = OpenAIJudge(url, "judge-model", cache_dir=tmp_path, max_retries=2, timeout=2,
@@ -283,6 +288,7 @@ def test_an_unreachable_endpoint_raises_a_clear_error_within_seconds(tmp_path):
     assert len(judge.cache) == 0
 
 
+@pytest.mark.reliability
 def test_openai_base_url_without_a_key_names_the_variable_and_a_key_never_shows(tmp_path, monkeypatch):
     monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
     with pytest.raises(WsteerError, match="set the MY_JUDGE_KEY environment variable"):
@@ -387,6 +393,7 @@ def test_real_server_text_fallback_parses_short_replies(server, tmp_path):
     assert judge.requests_made == 4 and all(_in_range(v) for v in verdicts)
 
 
+@pytest.mark.reliability
 @needs_server
 def test_a_run_interrupted_by_a_dead_server_resumes_without_repaying_cached_items(server, tmp_path, monkeypatch):
     items = _judge_items(5, tag=" (resume)")

@@ -96,6 +96,7 @@ def test_steer_exports_adapters_composes_behaviors_and_lists_the_library(smoke_c
     assert "sycophancy" in listing and "evil" in listing and "contrastive" in listing
 
 
+@pytest.mark.reliability
 def test_save_model_with_a_hook_method_is_refused_up_front(smoke_cfg):
     import pytest
 

@@ -514,3 +514,30 @@ def test_a_save_killed_at_random_moments_never_leaves_a_partial_artifact(tmp_pat
         assert data["i"] in (i, i - 1, i + 1) and set(data["pad"]) == {data["i"]}
         seen.add(i)
     assert len(seen) > 1  # the kills landed at different points of the save loop
+
+
+def test_an_unreadable_resume_checkpoint_is_discarded_and_training_starts_over(smoke_cfg, tmp_path, capsys):
+    from wsteer.recipes import train as train_recipe
+
+    cfg = smoke_cfg("train")
+    train_recipe.run(cfg)
+    folder = next((tmp_path / "cache" / "vectors").rglob("COMPLETE")).parent
+    ckpt = train_recipe.resume_checkpoint_path(cfg, folder)
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    capsys.readouterr()
+    train_recipe.run(cfg)  # the same command again: the bad checkpoint must not stop it
+    out = capsys.readouterr().out
+    assert f"discarding unreadable training checkpoint {ckpt}" in out and "training starts from step 0" in out
+    assert "resuming paired training" not in out and not ckpt.exists()
+
+
+# --- numerical guards: a real divergence, not a patched loss --------------------------------------------------------
+
+def test_a_diverging_training_stops_with_a_clear_message(smoke_cfg):
+    from wsteer.errors import WsteerError
+    from wsteer.recipes import train as train_recipe
+
+    with pytest.raises(WsteerError, match=r"training loss of '(pos|neg)' became (nan|inf) at step \d+; lower the "
+                                          r"learning rate \(trainer.lr\)"):
+        train_recipe.run(smoke_cfg("train", ["trainer.lr=1e30"]))

@@ -105,6 +105,7 @@ def test_steering_changes_the_logits_in_both_directions(vector_and_model, tiny):
     torch.testing.assert_close(model(ids).logits, base, rtol=0, atol=0)
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "abc", None, True])
 def test_non_finite_or_non_numeric_k_is_refused(vector_and_model, bad):
     vector, model, _, _ = vector_and_model
