@@ -7,8 +7,10 @@ vectors (evil, bad advice) than a control fine-tune's update is?
    the control `french` (French vs English answers).
 2. Two task fine-tunes with the live `CosineMonitor` on: bad advice (the "misaligned" fine-tune) and a neutral
    control set; cosines to each vector every few steps (curves).
-3. Cosine matrices w–τ, w–w and τ–τ as heatmaps, and the emergent-misalignment first-plot questions answered by
-   each fine-tuned model (saved for judging; no judge scores them here).
+3. At the same checkpoints, the emergent-misalignment first-plot questions answered by the model being
+   fine-tuned (`EMProbe`), scored by the configured judge for the evil trait and coherence when it can (judge=openai);
+   with judge=none the answers are recorded per checkpoint for judging later.
+4. Cosine matrices w–τ, w–w and τ–τ as heatmaps.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from omegaconf import OmegaConf
 
 from wsteer.artifacts import PROJECT_ROOT, save_figure, write_text
 from wsteer.behaviors import Behavior
-from wsteer.generation import generate
 from wsteer.monitoring.similarity import cosine_matrix, format_table, heatmap
 
 CONF = PROJECT_ROOT / "conf"
@@ -55,7 +56,52 @@ def _curves(csvs: dict[str, Path], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _em_section(probes: dict, out: Path) -> str:
+    """The EM probe per checkpoint: judged scores (when a judge scored them) and the final answers."""
+    lines = ["## Emergent-misalignment first-plot questions, at the monitor's checkpoints", ""]
+    judged = any(r["misaligned_rate"] is not None for p in probes.values() for r in p.history)
+    if judged:
+        lines += ["| fine-tune | step | misaligned rate | mean evil score | mean coherence |", "|---|---|---|---|---|"]
+        lines += [f"| {n} | {r['step']} | {r['misaligned_rate']:.2f} | {r['trait']:.1f} | {r['coherence']:.1f} |"
+                  for n, p in probes.items() for r in p.history]
+        _em_curves(probes, out / "em_curves.png")
+        lines += ["", "![EM probe](em_curves.png)"]
+    else:
+        lines += ["Unjudged (judge=none): every checkpoint's answers are in `<fine-tune>/em_probe.jsonl`; run with "
+                  "judge=openai to score them."]
+    lines += ["", "Answers at the last checkpoint:", ""]
+    finals = {}
+    for n, p in probes.items():
+        rows = [json.loads(x) for x in (out / n / "em_probe.jsonl").read_text().splitlines()]
+        last = max(r["step"] for r in rows)
+        finals[n] = [r["answer"] for r in rows if r["step"] == last]
+    questions = next(iter(probes.values())).questions
+    for i, q in enumerate(questions):
+        lines.append(f"- **{q}**")
+        lines += [f"  - {n}: {finals[n][i][:300]!r}" for n in finals]
+    return "\n".join(lines) + "\n"
+
+
+def _em_curves(probes: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for n, p in probes.items():
+        pts = [(r["step"], r["misaligned_rate"]) for r in p.history if r["misaligned_rate"] is not None]
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=n)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("misaligned rate (EM questions)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def run_experiment(ctx, wb=None) -> dict[str, float]:
+    from wsteer.data.pairs import build_judge
+    from wsteer.monitoring.em_probe import EMProbe
     from wsteer.recipes.task_finetune import train_task
     from wsteer.recipes.train import _trainer, ensure_artifacts
 
@@ -69,9 +115,11 @@ def run_experiment(ctx, wb=None) -> dict[str, float]:
         vectors[name] = folder / "contrastive.safetensors"
         taus[f"{name}+"] = folder / "pos.safetensors"
 
-    adapters, csvs, em = {}, {}, {}
+    adapters, csvs, probes = {}, {}, {}
     em_questions = [q["question"] for q in json.loads((PROJECT_ROOT / mon.em_questions).read_text())]
-    for name, data in mon.finetunes.items():  # 2. task fine-tunes with the live monitor
+    judge = build_judge(cfg.judge)
+    evil = _behavior("evil")
+    for name, data in mon.finetunes.items():  # 2. task fine-tunes with the live monitor and the EM probe
         run_cfg = cfg.copy()
         OmegaConf.set_struct(run_cfg, False)
         run_cfg = OmegaConf.merge(run_cfg, {"task": {"data": str(PROJECT_ROOT / data)},
@@ -82,15 +130,18 @@ def run_experiment(ctx, wb=None) -> dict[str, float]:
                                                       "csv_path": str(out / name / "monitor.csv")}})
         sub = replace(ctx, cfg=run_cfg, out_dir=out / name)
         sub.out_dir.mkdir(parents=True, exist_ok=True)
-        adapters[name], _ = train_task(sub, "task", _trainer, wb)
-        csvs[name] = out / name / "monitor.csv"
-        # the fine-tuned model's answers to the EM first-plot questions (merged, then restored)
-        from peft import PeftModel
+        probe = probes[name] = EMProbe(em_questions, ctx.tokenizer, judge, "evil", evil.description,
+                                       every_n_steps=mon.get("em_every_n_steps") or mon.every_n_steps,
+                                       jsonl_path=out / name / "em_probe.jsonl",
+                                       max_new_tokens=cfg.eval.max_new_tokens)
 
-        peft = PeftModel.from_pretrained(ctx.model, str(adapters[name]))
-        em[name] = [o["text"] for o in generate(peft, ctx.tokenizer, [[{"role": "user", "content": q}] for q in em_questions],
-                                                max_new_tokens=cfg.eval.max_new_tokens, desc=f"EM questions ({name})")]
-        peft.unload()
+        def make_trainer(*args, _probe=probe, **kwargs):
+            trainer = _trainer(*args, **kwargs)
+            trainer.callbacks.append(_probe)
+            return trainer
+
+        adapters[name], _ = train_task(sub, "task", make_trainer, wb)
+        csvs[name] = out / name / "monitor.csv"
         ctx.model.eval()
 
     # 3. cosine matrices and heatmaps
@@ -104,9 +155,12 @@ def run_experiment(ctx, wb=None) -> dict[str, float]:
         tables.append(f"## {title}\n\n{format_table(names, m)}")
         results.update({f"cos/{a}/{b}": float(m[i][j]) for i, a in enumerate(names) for j, b in enumerate(names) if i < j})
     _curves(csvs, out / "monitor_curves.png")
-    em_md = "\n".join(f"- **{q}**\n" + "".join(f"  - {n}: {em[n][i][:300]!r}\n" for n in em) for i, q in enumerate(em_questions))
     write_text(out / "monitoring.md", "# Monitoring experiment (paper §5)\n\n" + "\n\n".join(tables)
-               + "\n\n## Emergent-misalignment first-plot questions (unjudged)\n\n" + em_md)
+               + "\n\n" + _em_section(probes, out))
+    for name, probe in probes.items():
+        for row in probe.history:
+            results.update({f"em/{name}/{k}@step={row['step']}": v for k, v in row.items()
+                            if k != "step" and v is not None})
     if wb is not None:
         import wandb
 
