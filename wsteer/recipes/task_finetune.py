@@ -23,7 +23,8 @@ SIDE = "task"
 
 def load_task_rows(path: str | None) -> list[dict]:
     if not path:
-        raise WsteerError("source=task/joint needs task.data=PATH: a JSONL file of {\"question\": ..., \"response\": ...}")
+        raise WsteerError("source=task/joint needs task.data=PATH: a JSONL file of {\"question\": ..., \"response\": ...}"
+                          " (or \"answer\", as in GSM8K)")
     p = Path(path)
     if not p.is_file():
         raise WsteerError(f"task.data={path} does not exist")
@@ -33,7 +34,8 @@ def load_task_rows(path: str | None) -> list[dict]:
             continue
         try:
             r = json.loads(line)
-            rows.append({"question": str(r["question"]), "response": str(r["response"])})
+            # "answer" is GSM8K's name for the response (paper §3.4 fine-tunes on GSM8K train as is)
+            rows.append({"question": str(r["question"]), "response": str(r["response"] if "response" in r else r["answer"])})
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise WsteerError(f"{path}:{i} is not a JSON object with question and response ({e})") from e
     if len(rows) < 4:
