@@ -25,7 +25,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.report:
         from wsteer.recipes.sweep_report import run_report
 
-        return run_report(cfg.report, cfg.output_dir)
+        wb = start_run(cfg, "report")
+        try:
+            return run_report(cfg.report, cfg.output_dir, wb)
+        finally:
+            if wb is not None:
+                wb.finish()
     ks = parse_ks(cfg.k)
     from wsteer.evaluation.runner import build_evaluators
 
