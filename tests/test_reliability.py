@@ -83,9 +83,9 @@ def test_paired_training_killed_midway_resumes_from_its_last_checkpoint(tmp_path
 
     from wsteer.vectors import WeightVector
 
-    steps = 120
+    steps, every = 60, 5
     args = [sys.executable, "train.py", "debug=smoke", "logger=none", f"trainer.steps={steps}",
-            "trainer.eval_every=10"]
+            f"trainer.eval_every={every}"]
     env = subprocess_env(tmp_path)
     first = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'run1'}"], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -117,7 +117,7 @@ def test_paired_training_killed_midway_resumes_from_its_last_checkpoint(tmp_path
     vec = WeightVector.load(tmp_path / "run2" / "vector.safetensors")
     assert vec.norm() > 0 and vec.manifest["behavior"] == "sycophancy"
     val_steps = sorted({h["step"] for h in vec.manifest["val_history"]})
-    assert val_steps == list(range(0, steps + 1, 10))  # the history from before the kill was carried over
+    assert val_steps == list(range(0, steps + 1, every))  # the history from before the kill was carried over
     assert not list((tmp_path / "cache" / "checkpoints").rglob("*.ckpt"))  # removed once the vector was saved
 
 
