@@ -122,3 +122,24 @@ def test_grouped_batches_have_correct_masks_and_labels(tiny):
     assert seen == len(dm.train_rows["pos"])
     width = lambda m: sum(b["input_ids"].numel() for b in m._loader(m.train_rows["pos"], shuffle=True))  # noqa: E731
     assert width(dm) < width(plain)
+
+
+def test_static_cache_path_equals_default(tiny):
+    """The CUDA path (static KV cache, prompt width rounded up, short batches filled) answers as the CPU path.
+
+    On CPU transformers does not compile the step, so this checks the static-cache shapes and the filler rows,
+    not torch.compile itself (that needs a GPU: `pytest -m gpu`).
+    """
+    model, tok = tiny
+    ref = generate(model, tok, convs()[:5], max_new_tokens=10, batch_size=2, progress=False)
+    assert generate(model, tok, convs()[:5], max_new_tokens=10, batch_size=2, progress=False, compile=True) == ref
+
+
+@pytest.mark.gpu
+def test_compiled_generation_on_cuda_equals_eager(tiny):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model, tok = tiny
+    model = model.cuda()
+    ref = generate(model, tok, convs(), max_new_tokens=10, batch_size=4, progress=False, compile=False)
+    assert generate(model, tok, convs(), max_new_tokens=10, batch_size=4, progress=False) == ref
