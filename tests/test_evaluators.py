@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from tests.conftest import ROOT, subprocess_env
 from wsteer.errors import WsteerError
-from wsteer.evaluation.base import ItemStore
+from wsteer.evaluation.base import finite
 from wsteer.evaluation.evil_mcq import EvilMCQ, parse_choice
 from wsteer.evaluation.factual_qa import FactualQA
 from wsteer.evaluation.gsm8k import GSM8K
@@ -55,12 +55,13 @@ def scripted(cls, items, outputs, **kw):
     return Fixed(**kw)
 
 
-def run_test(ev, tmp_path, judge=None, batch_size=2) -> dict[str, float]:
-    ev.bind(None, None, judge=judge, store=ItemStore(tmp_path / "store"))
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False)
+def run_test(ev, tmp_path, judge=None, batch_size=2, devices=1) -> dict[str, float]:
+    ev.bind(None, None, judge=judge, store_folder=tmp_path / "store")
+    trainer = L.Trainer(accelerator="cpu", devices=devices, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        strategy="ddp_spawn" if devices > 1 else "auto")
     loader = DataLoader(ev.items(), batch_size=batch_size, collate_fn=list)
-    return {k: float(v) for k, v in trainer.test(ev, dataloaders=loader, verbose=False)[0].items()}
+    return finite(trainer.test(ev, dataloaders=loader, verbose=False)[0])
 
 
 # ---- factual QA (§3.1) ----------------------------------------------------------------------------------------
@@ -187,6 +188,31 @@ def test_metrics_do_not_depend_on_batch_size(tmp_path):
     a = run_test(scripted(FactualQA, QA, outs), tmp_path / "a", batch_size=1)
     b = run_test(scripted(FactualQA, QA, outs), tmp_path / "b", batch_size=3)
     assert a == pytest.approx(b)
+
+
+class _QAFixed(FactualQA):
+    """Module level so data-parallel worker processes can unpickle it."""
+
+    def __init__(self, outputs, **kw):
+        super().__init__(**kw)
+        self.outputs = outputs
+
+    def load_items(self):
+        return QA + [{**q, "id": q["id"] + "-bis"} for q in QA]  # 6 items: divisible by 2 processes
+
+    def answer(self, messages, max_new_tokens=None):
+        return [self.outputs[m[-1]["content"]] for m in messages]
+
+
+def test_data_parallel_metrics_equal_single_process(tmp_path):
+    # Two CPU processes (ddp_spawn), each evaluating half the items: torchmetrics reduces to the same numbers.
+    probe = FactualQA()
+    answers = {"q1": ["Rome", "Rome", "Paris", "Paris"], "q2": ["8", "8", "8", "six"], "q3": ["blue"] * 4}
+    outs = _qa_outputs(probe, answers)
+    single = run_test(_QAFixed(outs), tmp_path / "a", batch_size=1)
+    parallel = run_test(_QAFixed(outs), tmp_path / "b", batch_size=1, devices=2)
+    assert single["eval/factual_qa/n_items"] == 6 and parallel == pytest.approx(single)
+    assert len(list((tmp_path / "b" / "store").glob("items.rank*.jsonl"))) == 2
 
 
 def test_a_store_resumes_and_skips_finished_items(tmp_path):

@@ -16,12 +16,18 @@ import math
 import os
 from pathlib import Path
 
+import warnings
+
 import lightning as L
 import torch
-from torchmetrics import MeanMetric, SumMetric
+from torchmetrics import MeanMetric
 
 from wsteer.errors import WsteerError
 from wsteer.generation import generate
+
+
+# A metric no item scored (a judge-only metric under judge=none) is computed as NaN on purpose; see test_step.
+warnings.filterwarnings("ignore", message=r".*compute.*method of metric.*was called before the.*update")
 
 
 class ItemStore:
@@ -52,6 +58,11 @@ class ItemStore:
             self.done[rec["id"]] = rec
 
 
+def finite(results: dict) -> dict[str, float]:
+    """`Trainer.test` results without the metrics no item scored (NaN)."""
+    return {k: float(v) for k, v in results.items() if math.isfinite(float(v))}
+
+
 class Evaluator(L.LightningModule):
     """Subclasses set `name`, `version`, `metric_names`, and implement `load_items` and `evaluate`.
 
@@ -75,15 +86,22 @@ class Evaluator(L.LightningModule):
         self.limit, self.seed = limit, seed
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
         self.metrics = torch.nn.ModuleDict({m: MeanMetric(nan_strategy="ignore") for m in self.metric_names})
-        self.n_items = SumMetric()
+        self._n_items = 0  # a plain count summed at epoch end: a logged SumMetric is reduced twice under ddp_spawn
         self.lm = None
 
     # ---- set up by the runner -------------------------------------------------------------------------------
     def bind(self, model, tokenizer, *, steerer=None, k: float = 0.0, judge=None, behavior=None,
-             store: ItemStore | None = None) -> Evaluator:
+             store_folder: str | Path | None = None) -> Evaluator:
+        """Attach the run-time objects; `store_folder` keeps finished items (one file per process rank)."""
         self.lm, self.tokenizer, self.steerer, self.k = model, tokenizer, steerer, k
-        self.judge, self.behavior, self.store = judge, behavior, store
+        self.judge, self.behavior, self.store_folder = judge, behavior, store_folder
+        self.store = None
         return self
+
+    def setup(self, stage: str) -> None:
+        # here, not in bind: under data-parallel each process knows its own rank only now
+        if self.store_folder is not None:
+            self.store = ItemStore(Path(self.store_folder), rank=self.global_rank)
 
     def settings(self) -> dict:
         """Everything that changes an item's result; part of the store key and the run record."""
@@ -129,15 +147,21 @@ class Evaluator(L.LightningModule):
         by_id = {r["id"]: r for r in fresh}
         for item in batch:
             rec = by_id.get(item["id"]) or store.done[item["id"]]
-            self.n_items.update(1.0)
+            self._n_items += 1
             for m, v in rec["scores"].items():
                 if m in self.metrics and v is not None and math.isfinite(float(v)):
                     self.metrics[m].update(float(v))
+        # Every metric is logged on every process, even with no scored item yet: under data-parallel the epoch-end
+        # sync is a collective that all processes must join. One with no item anywhere computes NaN (0/0) and
+        # `finite()` drops it, so a judge-only metric without a judge is absent rather than NaN or 0.
         for m, metric in self.metrics.items():
-            if metric.update_count:  # a metric with no scored item (e.g. no judge) is absent, not NaN
-                self.log(f"eval/{self.name}/{m}", metric, on_step=False, on_epoch=True, batch_size=len(batch))
-        self.log(f"eval/{self.name}/n_items", self.n_items, on_step=False, on_epoch=True, reduce_fx="sum",
-                 batch_size=len(batch))
+            self.log(f"eval/{self.name}/{m}", metric, on_step=False, on_epoch=True, batch_size=len(batch))
+
+    def on_test_epoch_start(self) -> None:
+        self._n_items = 0
+
+    def on_test_epoch_end(self) -> None:
+        self.log(f"eval/{self.name}/n_items", torch.tensor(float(self._n_items)), sync_dist=True, reduce_fx="sum")
 
     def configure_optimizers(self):  # evaluation only
         return None

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from wsteer.artifacts import stable_hash, write_text
 from wsteer.config import instantiate
 from wsteer.errors import WsteerError
-from wsteer.evaluation.base import Evaluator, ItemStore
+from wsteer.evaluation.base import Evaluator, ItemStore, finite
 
 
 class _ItemList:
@@ -78,22 +78,24 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
                 # k = 0 is the unsteered model whatever the method, so every job of a sweep shares its items
                 steering = steering_id(steerer) if k != 0 else {"method": "none"}
                 key = stable_hash({"model": model_id, "steering": steering, "k": k, **ev.settings()})
-                trainer = L.Trainer(accelerator=cfg.get("eval_accelerator", "auto"), devices=1, logger=False,
+                trainer = L.Trainer(accelerator=cfg.eval.get("accelerator", "auto"), devices=cfg.eval.get("devices", 1),
+                                    strategy=cfg.eval.get("strategy", "auto"), logger=False,
                                     enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=True, inference_mode=True)
-                store = ItemStore(root / ev.name / key, rank=trainer.global_rank)
                 ev.bind(ctx.model, ctx.tokenizer, steerer=steerer, k=k, judge=judge, behavior=ctx.behavior,
-                        store=store)
+                        store_folder=root / ev.name / key)
                 items = ev.items()
-                resumed = sum(it["id"] in store.done for it in items)
+                done = ItemStore(root / ev.name / key).done  # what earlier (killed) runs finished
+                resumed = sum(it["id"] in done for it in items)
                 if resumed:
                     print(f"wsteer: {ev.name} at k={k:g}: {resumed}/{len(items)} items already done, resuming")
                 loader = _loader(items, ev.batch_size)
                 with ctx.timed(f"eval/{ev.name}"):
-                    out = trainer.test(ev, dataloaders=loader, verbose=False)[0]
+                    out = finite(trainer.test(ev, dataloaders=loader, verbose=False)[0])
                 for name, v in out.items():
                     flat[f"{name}@k={k:g}"] = float(v)
-                records += [{"evaluator": ev.name, **store.done[it["id"]], "k": k} for it in items]
+                done = ItemStore(root / ev.name / key).done  # every rank's items
+                records += [{"evaluator": ev.name, **done[it["id"]], "k": k} for it in items]
                 ev.lm = None  # the model belongs to the context, not to the evaluator
     write_text(ctx.out_dir / "eval_items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     if wb is not None:
