@@ -13,6 +13,7 @@ import math
 import time
 from pathlib import Path
 
+from wsteer.artifacts import atomic_path, write_json
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
 from wsteer.errors import WsteerError
@@ -67,13 +68,14 @@ def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
         ctx.timings["train_task"] = time.perf_counter() - t0
         best = module.restore_best()
         folder = ctx.out_dir / "adapter"
-        pair.peft.save_pretrained(str(folder), selected_adapters=[SIDE])
+        with atomic_path(folder) as tmp:  # a crash mid-save leaves no folder that loads as an adapter
+            pair.peft.save_pretrained(str(tmp), selected_adapters=[SIDE])
         adapter = folder / SIDE if (folder / SIDE / "adapter_config.json").is_file() else folder
     finally:
         pair.remove()
         ctx.model.eval()
     summary = {"source": source, "task_rows": n_task, "rows": len(rows), "steps": steps, "best": best[SIDE],
                "adapter": str(adapter)}
-    (ctx.out_dir / "task_manifest.json").write_text(json.dumps(summary, indent=2))
+    write_json(ctx.out_dir / "task_manifest.json", summary)
     print(f"wsteer: {source} fine-tune saved as a PEFT adapter in {adapter}; steer it with base_adapter={adapter}")
     return adapter, summary
