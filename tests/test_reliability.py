@@ -171,7 +171,7 @@ def test_unwritable_run_dir_is_one_line_before_hydra_writes_anything(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "debug=smoke", "logger=none",
                            f"hydra.run.dir={blocker / 'run'}"], cwd=ROOT, env=subprocess_env(tmp_path),
                           capture_output=True, text=True, timeout=300)
-    _assert_one_line(proc, f"wsteer: error: hydra.run.dir={blocker / 'run'} is not writable (Not a directory)")
+    _assert_one_line(proc, f"wsteer: error: hydra.run.dir {blocker / 'run'} is not writable (Not a directory)")
 
 
 @pytest.fixture

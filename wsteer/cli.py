@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -29,15 +27,13 @@ class WritableRunDir(Callback):
     """
 
     def _check(self, config: DictConfig, key: str) -> None:
+        from wsteer.recipes._common import ensure_writable
+
         folder = Path(str(OmegaConf.select(config, key)))
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".wsteer-write-check-", dir=folder)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as e:
-            print(f"wsteer: error: {key}={folder} is not writable ({e.strerror or e}); set {key}=... to a "
-                  "writable folder", file=sys.stderr)
+            ensure_writable(folder, key, f"set {key}=... to a writable folder")
+        except WsteerError as e:
+            print(f"wsteer: error: {e}", file=sys.stderr)
             sys.exit(2)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
