@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from wsteer.artifacts import stable_hash, write_text
 from wsteer.config import instantiate
@@ -42,6 +42,9 @@ def build_evaluators(cfg: DictConfig) -> list[Evaluator]:
     for key, ecfg in group.items():
         if not isinstance(ecfg, DictConfig) or "_target_" not in ecfg:
             continue  # weight_similarity and other modes of evaluate.py that are not item evaluators
+        cap = cfg.get("eval", {}).get("max_items")
+        if cap is not None and (ecfg.get("limit") is None or ecfg.limit > cap):
+            ecfg = OmegaConf.merge(ecfg, {"limit": cap})
         ev = instantiate(ecfg, exclude=("name", "report"))
         if ev.name != key:
             raise WsteerError(f"conf/evaluator/{key}.yaml builds evaluator {ev.name!r}; the key must match the name")
@@ -78,8 +81,8 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
                 # k = 0 is the unsteered model whatever the method, so every job of a sweep shares its items
                 steering = steering_id(steerer) if k != 0 else {"method": "none"}
                 key = stable_hash({"model": model_id, "steering": steering, "k": k, **ev.settings()})
-                trainer = L.Trainer(accelerator=cfg.eval.get("accelerator", "auto"), devices=cfg.eval.get("devices", 1),
-                                    strategy=cfg.eval.get("strategy", "auto"), logger=False,
+                trainer = L.Trainer(accelerator=cfg.eval.accelerator, devices=cfg.eval.devices,
+                                    strategy=cfg.eval.strategy, logger=False,
                                     enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=True, inference_mode=True)
                 ev.bind(ctx.model, ctx.tokenizer, steerer=steerer, k=k, judge=judge, behavior=ctx.behavior,
