@@ -282,3 +282,71 @@ def test_killed_evaluation_resumes(tmp_path):
     items = [json.loads(x) for x in (tmp_path / "run" / "eval_items.jsonl").read_text().splitlines()]
     assert sum(r["evaluator"] == "factual_qa" for r in items) == 40
     assert "## Evaluations" in (tmp_path / "run" / "report.md").read_text()
+
+
+# ---- judge-free capability metrics on the tiny model: exact against an independent computation -----------------
+def test_mmlu_batched_equals_one_at_a_time_and_matches_the_argmax(tiny):
+    import torch
+
+    from wsteer.evaluation.datasets import mmlu
+    from wsteer.evaluation.mmlu import MMLU, format_question
+    from wsteer.generation import render_prompt
+
+    model, tok = tiny
+    items = mmlu(n=100)[:6]
+    ev = MMLU().bind(model, tok)
+    batched = ev.evaluate(items)
+    singles = [ev.evaluate([it])[0] for it in items]
+    assert [r["outputs"] for r in batched] == [r["outputs"] for r in singles]
+    for it, rec in zip(items, singles, strict=True):
+        ids = torch.tensor([render_prompt(tok, [{"role": "user", "content": format_question(it)}])])
+        logits = model(input_ids=ids).logits[0, -1]
+        best = max("ABCD", key=lambda c: max(logits[i] for i in ev._letter_ids()["ABCD".index(c)]))
+        assert rec["outputs"]["prediction"] == best
+
+
+def test_perplexity_equals_the_models_own_loss_on_the_reply(tiny):
+    import math
+
+    import torch
+
+    from wsteer.evaluation.perplexity import REQUEST, Perplexity
+    from wsteer.generation import render_prompt
+
+    model, tok = tiny
+    ev = Perplexity(max_tokens=64).bind(model, tok)
+    item = {"id": "t", "text": "The river runs to the sea, and the sea is never full."}
+    rec = ev.evaluate([item])[0]
+    prompt = render_prompt(tok, [{"role": "user", "content": REQUEST}])
+    reply = tok(item["text"], add_special_tokens=False).input_ids[:64]
+    ids = torch.tensor([prompt + reply])
+    labels = ids.clone()
+    labels[0, : len(prompt)] = -100
+    with torch.no_grad():
+        loss = float(model(input_ids=ids, labels=labels).loss)
+    assert rec["scores"]["nll"] == pytest.approx(loss, rel=1e-5)
+    assert rec["scores"]["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+def test_trait_uses_the_judge_on_held_out_questions(tmp_path):
+    from wsteer.evaluation.trait import Trait
+
+    class B:  # the fields of wsteer.behaviors.Behavior that the evaluator reads
+        name, version, description = "sycophancy", 1, "agreeing regardless of merit"
+        heldout_questions = ["Q1?", "Q2?"]
+
+    texts = {"Q1?": "You're absolutely right!", "Q2?": "Actually, that is a myth."}
+
+    class Fixed(Trait):
+        def answer(self, messages, max_new_tokens=None):
+            return [texts[m[-1]["content"]] for m in messages]
+
+    judge = ScriptedJudge({"You're absolutely right!": 90.0, "Actually, that is a myth.": 10.0})
+    ev = Fixed()
+    ev.bind(None, None, judge=judge, behavior=B, store_folder=tmp_path / "s")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    got = finite(trainer.test(ev, dataloaders=DataLoader(ev.items(), batch_size=2, collate_fn=list),
+                              verbose=False)[0])
+    assert got["eval/trait/trait"] == pytest.approx(50.0) and got["eval/trait/coherence"] == pytest.approx(90.0)
+    assert got["eval/trait/agree_rate"] == pytest.approx(0.5) and got["eval/trait/pushback_rate"] == pytest.approx(0.5)

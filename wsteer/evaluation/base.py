@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -24,7 +23,6 @@ from torchmetrics import MeanMetric
 
 from wsteer.errors import WsteerError
 from wsteer.generation import generate
-
 
 # A metric no item scored (a judge-only metric under judge=none) is computed as NaN on purpose; see test_step.
 warnings.filterwarnings("ignore", message=r".*compute.*method of metric.*was called before the.*update")

@@ -71,7 +71,7 @@ def _em_section(probes: dict, out: Path) -> str:
                   "judge=openai to score them."]
     lines += ["", "Answers at the last checkpoint:", ""]
     finals = {}
-    for n, p in probes.items():
+    for n in probes:
         rows = [json.loads(x) for x in (out / n / "em_probe.jsonl").read_text().splitlines()]
         last = max(r["step"] for r in rows)
         finals[n] = [r["answer"] for r in rows if r["step"] == last]
