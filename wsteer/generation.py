@@ -6,7 +6,7 @@ Evaluation (k × methods × eval sets × prompt variants) is most of an experime
   padded prompt+answer slots), so little compute goes to padding;
 - weight-steered models are evaluated merged: `WeightSteerer.apply` writes θ + k·w into the dense weights, so
   a step costs what an unsteered step costs (an unmerged PEFT LoRA wrapper is several times slower on GPU);
-- on CUDA (`compile=None` means "on CUDA only"), a static KV cache and `torch.compile` of the decoding step
+- on CUDA (`compile=None` means "on CUDA, for models without live LoRA layers"), a static KV cache and `torch.compile` of the decoding step
   (transformers' `cache_implementation="static"`), with prompt widths rounded up to a multiple of
   `STATIC_WIDTH_MULTIPLE` and batch sizes kept fixed so a handful of compiled graphs serve a whole sweep;
 - `backend="vllm"` hands the prompts to vLLM (`wsteer.generation_vllm`) when it is installed.
@@ -67,6 +67,20 @@ def _left_pad(prompts: list[list[int]], idx: list[int], pad: int, width: int) ->
     return ids, mask
 
 
+def _auto_static(model, device: torch.device) -> bool:
+    """Static cache + compile by default only on CUDA and only for plain (merged) models.
+
+    A model with live PEFT LoRA layers is either mid-training (the monitoring probes generate from inside a
+    fine-tune, with the adapters changing between calls) or an unmerged wrapper: recompiling it would cost more
+    than it saves, so it keeps the dynamic cache unless `compile=True` asks otherwise.
+    """
+    if device.type != "cuda":
+        return False
+    from peft.tuners.lora import LoraLayer
+
+    return not any(isinstance(m, LoraLayer) for m in model.modules())
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -85,8 +99,8 @@ def generate(
 ) -> list[dict]:
     """Answer each conversation; returns `{"text", "finished", "new_tokens"}` per input, in input order.
 
-    temperature 0 means greedy. `compile` (static KV cache + torch.compile) defaults to on for CUDA models and
-    off on CPU, where compiling costs minutes and the decode step is bound by reading the weights.
+    temperature 0 means greedy. `compile` (static KV cache + torch.compile) defaults to on for merged models on
+    CUDA and off on CPU, where compiling costs minutes and the decode step is bound by reading the weights.
     `backend="vllm"` generates with vLLM from the model's current (e.g. steered) weights.
     """
     if backend not in BACKENDS:
@@ -97,7 +111,7 @@ def generate(
         return generate_vllm(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
                              temperature=temperature, seed=seed)
     device = next(model.parameters()).device
-    static = (device.type == "cuda") if compile is None else bool(compile)
+    static = _auto_static(model, device) if compile is None else bool(compile)
     prompts = [render_prompt(tokenizer, c) for c in conversations]
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     gen_cfg = GenerationConfig(
