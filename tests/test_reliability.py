@@ -541,3 +541,11 @@ def test_a_diverging_training_stops_with_a_clear_message(smoke_cfg):
     with pytest.raises(WsteerError, match=r"training loss of '(pos|neg)' became (nan|inf) at step \d+; lower the "
                                           r"learning rate \(trainer.lr\)"):
         train_recipe.run(smoke_cfg("train", ["trainer.lr=1e30"]))
+
+
+def test_multi_device_paired_training_is_refused_before_it_can_silently_skip_gradient_averaging(smoke_cfg):
+    from wsteer.errors import WsteerError
+    from wsteer.recipes import train as train_recipe
+
+    with pytest.raises(WsteerError, match="trainer.devices=2: multi-device training of the paired adapters"):
+        train_recipe.run(smoke_cfg("train", ["+trainer.devices=2"]))

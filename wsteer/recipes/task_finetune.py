@@ -53,7 +53,8 @@ def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
         pairs, _ = ensure_pairs(cfg, ctx.model, ctx.tokenizer, ctx.behavior, ctx.fingerprint)
         rows = rows + [{"question": r["question"], "response": r["response"]} for r in pairs["neg"]] * int(task.upsample)
     dm = PairedDataModule(ctx.tokenizer, {SIDE: rows}, batch_size=task.batch_size, max_length=cfg.trainer.max_length,
-                          val_fraction=cfg.trainer.val_fraction, seed=cfg.seed)
+                          val_fraction=cfg.trainer.val_fraction, seed=cfg.seed,
+                          group_by_length=bool(cfg.trainer.get("group_by_length", False)))
     steps = task.steps or math.ceil(len(dm.train_rows[SIDE]) / task.batch_size) * task.epochs
     pair = LoraPair(ctx.model, task.adapter, [SIDE])
     module = PairedModule(ctx.model, pair, lr=task.lr, weight_decay=cfg.trainer.weight_decay,

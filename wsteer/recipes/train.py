@@ -94,7 +94,19 @@ def _datamodule(ctx: Context, pairs, with_system: bool = False) -> PairedDataMod
     t = ctx.cfg.trainer
     return PairedDataModule(ctx.tokenizer, {s: list(pairs[s]) for s in SIDES}, batch_size=t.batch_size,
                             max_length=t.max_length, val_fraction=t.val_fraction, seed=ctx.cfg.seed,
-                            with_system=with_system)
+                            with_system=with_system, group_by_length=bool(t.get("group_by_length", False)))
+
+
+def _strategy(t):
+    """`trainer.strategy`, with FSDP wrapping each decoder layer when `trainer.wrap_layers` names them."""
+    s = t.get("strategy", "auto")
+    if s == "fsdp" and t.get("wrap_layers"):
+        import transformers
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy={getattr(transformers, n) for n in t.wrap_layers
+                                              if hasattr(transformers, n)})
+    return s
 
 
 def _trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None = None,
@@ -111,7 +123,8 @@ def _trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None = Non
     return L.Trainer(
         callbacks=callbacks,
         max_steps=max_steps, val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        accelerator=t.accelerator, devices=1, precision=t.precision, logger=loggers, log_every_n_steps=1,
+        accelerator=t.accelerator, devices=t.get("devices", 1), strategy=_strategy(t), precision=t.precision,
+        logger=loggers, log_every_n_steps=1,
         enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(ctx.out_dir),
     )
 
@@ -124,6 +137,12 @@ def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None,
     earlier run of the same command), training continues from it instead of from step 0.
     """
     cfg, t = ctx.cfg, ctx.cfg.trainer
+    if t.get("devices", 1) != 1:
+        # DDP registers only the parameters that require grad when it wraps the model, and a PairedModule makes
+        # one side trainable at a time: the other side's gradients would silently not be averaged. Until the
+        # pair is wrapped with both sides trainable (and tested on GPUs), refuse rather than train wrongly.
+        raise WsteerError(f"trainer.devices={t.devices}: multi-device training of the paired adapters is not "
+                          "supported yet; use trainer.devices=1 (task fine-tunes, source=task, can use several)")
     dm = _datamodule(ctx, pairs)
     if source == "bias":
         pair, lr = BiasPair(ctx.model, SIDES), cfg.bias.lr  # biases train fully, with their own LR (paper §1)
