@@ -42,9 +42,13 @@ class WeightSteerer(Steerer):
                 for name in self.vector.factors:
                     p = params[name]
                     saved[name] = p.detach().clone()
-                    delta = self.vector.delta(name).to(p.device)
-                    # Sum in fp32 and round once, so bf16 models lose no more precision than necessary.
-                    p.copy_((p.float() + k * delta).to(p.dtype))
+                    b, a = self.vector.factors[name]
+                    if p.dtype == torch.float32:
+                        # fused W += k·B·A: no dense delta or fp32 copy of W is materialised (k switches are cheap)
+                        p.addmm_(b.to(p.device, p.dtype), a.to(p.device, p.dtype), alpha=k)
+                    else:
+                        # Sum in fp32 and round once, so bf16 models lose no more precision than necessary.
+                        p.copy_((p.float() + k * self.vector.delta(name).to(p.device)).to(p.dtype))
             yield model
         finally:
             with torch.no_grad():
