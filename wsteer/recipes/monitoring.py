@@ -117,7 +117,9 @@ def run_experiment(ctx, wb=None) -> dict[str, float]:
 
     adapters, csvs, probes = {}, {}, {}
     em_questions = [q["question"] for q in json.loads((PROJECT_ROOT / mon.em_questions).read_text())]
-    judge = build_judge(cfg.judge)
+    # The EM answers may be scored by another judge than the one that filters the vectors' data (paper §5 scores
+    # EM answers with an LLM judge even when the persona data needs none): monitoring.em_judge, else `judge`.
+    judge = build_judge(mon.get("em_judge") or cfg.judge)
     evil = _behavior("evil")
     for name, data in mon.finetunes.items():  # 2. task fine-tunes with the live monitor and the EM probe
         run_cfg = cfg.copy()
