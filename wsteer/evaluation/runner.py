@@ -80,7 +80,10 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
             for ev in evaluators:
                 # k = 0 is the unsteered model whatever the method, so every job of a sweep shares its items
                 steering = steering_id(steerer) if k != 0 else {"method": "none"}
-                key = stable_hash({"model": model_id, "steering": steering, "k": k, **ev.settings()})
+                # `limit` only chooses how many of the (stable) item ids run, so it is not part of the key: a
+                # larger limit reuses every item a smaller one finished
+                settings = {n: v for n, v in ev.settings().items() if n != "limit"}
+                key = stable_hash({"model": model_id, "steering": steering, "k": k, **settings})
                 trainer = L.Trainer(accelerator=cfg.eval.accelerator, devices=cfg.eval.devices,
                                     strategy=cfg.eval.strategy, logger=False,
                                     enable_checkpointing=False, enable_model_summary=False,
