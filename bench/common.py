@@ -109,8 +109,10 @@ def lora_cfg(r: int = 32, alpha: float = 16):
     return OmegaConf.create({"r": r, "alpha": alpha, "dropout": 0.0, "target_modules": "all-linear", "init_seed": 0})
 
 
-def report(title: str, rows: list[dict], baseline: str, key: str, higher_is_better: bool = True, args=None) -> None:
-    """Print a table with each row's ratio to the baseline row, and optionally write it as JSON."""
+def report(title: str, rows: list[dict], baseline: str, key: str, higher_is_better: bool = True, args=None,
+           also_vs: str | None = None) -> None:
+    """Print a table with each row's ratio to the baseline row (and to `also_vs`, when that system ran), and
+    optionally write it as JSON."""
     if not any(r["system"] == baseline for r in rows):
         baseline = rows[0]["system"]
     base = next(r for r in rows if r["system"] == baseline)[key]
@@ -121,6 +123,9 @@ def report(title: str, rows: list[dict], baseline: str, key: str, higher_is_bett
                            if k not in ("system", key, f"ratio_vs_{baseline}"))
         print(f"{r['system']:<34} {key} {r[key]:>10.4g}   ×{r[f'ratio_vs_{baseline}']:.2f} vs {baseline}"
               + (f"   ({extras})" if extras else ""))
+    second = next((r for r in rows if r["system"] == also_vs), None)
+    for r in rows if second is not None else []:
+        print(f"{r['system']:<34} ×{r[key] / second[key]:.2f} vs {also_vs}")
     if args is not None and args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         from wsteer.artifacts import write_json

@@ -160,11 +160,8 @@ def main():
     free(args.device)
     report(f"evaluation generation ({args.arch}, {args.device}, {len(convs)} prompts, batch {args.batch_size}, "
            f"≤{args.max_new_tokens} new tokens, weight-steered k={args.k:g})", rows, "hf_generate_merged",
-           "new_tok_per_s", args=args)
-    if any(r["system"] == "hf_generate_peft_unmerged" for r in rows):
-        unmerged = next(r for r in rows if r["system"] == "hf_generate_peft_unmerged")["new_tok_per_s"]
-        for r in rows:
-            print(f"{r['system']:<34} ×{r['new_tok_per_s'] / unmerged:.2f} vs hf_generate_peft_unmerged")
+           "new_tok_per_s", args=args,
+           also_vs="hf_generate_peft_unmerged")
 
 
 if __name__ == "__main__":

@@ -184,11 +184,8 @@ def main():
     names = {"plain": "plain_torch_peft_loop", "trl": "trl_sfttrainer"}
     rows = [{"system": names.get(s, s), **r} for s, r in best.items()]
     report(f"training tokens/s ({args.arch}, {args.device}, batch {args.batch_size}, ≤{args.max_length} tokens, "
-           f"{args.steps} steps × 2 sides)", rows, "plain_torch_peft_loop", "tok_per_s", args=args)
-    if any(r["system"] == "trl_sfttrainer" for r in rows):
-        trl = next(r for r in rows if r["system"] == "trl_sfttrainer")["tok_per_s"]
-        for r in rows:
-            print(f"{r['system']:<34} ×{r['tok_per_s'] / trl:.2f} vs trl_sfttrainer")
+           f"{args.steps} steps × 2 sides)", rows, "plain_torch_peft_loop", "tok_per_s", args=args,
+           also_vs="trl_sfttrainer")
 
 
 if __name__ == "__main__":
