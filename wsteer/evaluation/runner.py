@@ -56,9 +56,8 @@ def steering_id(steerer) -> dict:
     """What identifies the steering (method and artifact) in a store key; never the tensors themselves."""
     if steerer is None:
         return {"method": "none"}
-    man = steerer.manifest or {}
-    return {"method": steerer.describe(), "artifact": {k: man.get(k) for k in
-                                                        ("created", "data_hash", "method", "behavior", "variant")}}
+    # the whole manifest (data hash, schedule, creation time, …): a rebuilt or different vector never reuses items
+    return {"method": steerer.describe(), "artifact": stable_hash(steerer.manifest or {})}
 
 
 def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], judge=None, wb=None,
