@@ -350,3 +350,17 @@ def test_trait_uses_the_judge_on_held_out_questions(tmp_path):
                               verbose=False)[0])
     assert got["eval/trait/trait"] == pytest.approx(50.0) and got["eval/trait/coherence"] == pytest.approx(90.0)
     assert got["eval/trait/agree_rate"] == pytest.approx(0.5) and got["eval/trait/pushback_rate"] == pytest.approx(0.5)
+
+
+def test_store_keys_tell_vectors_apart():
+    import torch
+
+    from wsteer.evaluation.runner import steering_id
+    from wsteer.steering.weight import WeightSteerer
+    from wsteer.vectors import WeightVector
+
+    f = {"w.weight": (torch.ones(2, 1), torch.ones(1, 2))}
+    a = WeightSteerer(WeightVector(f, {"data_hash": "a", "created": "t1"}))
+    b = WeightSteerer(WeightVector(f, {"data_hash": "a", "created": "t2"}))  # the same data, rebuilt
+    assert steering_id(a) == steering_id(WeightSteerer(WeightVector(f, {"data_hash": "a", "created": "t1"})))
+    assert steering_id(a) != steering_id(b) and steering_id(None) == {"method": "none"}
