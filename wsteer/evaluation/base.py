@@ -70,7 +70,7 @@ class Evaluator(L.LightningModule):
     """
 
     name = "evaluator"
-    version = 1
+    version = 1  # bump whenever prompts, parsing or scoring change: stored items are keyed by it
     metric_names: tuple[str, ...] = ()
     needs_judge = False  # True: metrics that need a judge are skipped (logged as absent) with judge=none
 
