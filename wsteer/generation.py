@@ -58,7 +58,7 @@ def length_buckets(lengths: list[int], batch_size: int, max_new_tokens: int = 0,
     return batches
 
 
-def _left_pad(prompts: list[list[int]], idx: list[int], pad: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: list[list[int]], idx: list[int], pad: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((len(idx), width), pad, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     for row, i in enumerate(idx):  # left padding, so every prompt ends where generation starts
@@ -136,7 +136,7 @@ def generate(
             width = -(-width // STATIC_WIDTH_MULTIPLE) * STATIC_WIDTH_MULTIPLE
             # a short last batch would be a new shape (a recompile); fill it with copies of its first prompt
             rows = batch_size if max_batch_tokens is None else rows
-        ids, mask = _left_pad(prompts, idx + [idx[0]] * (rows - len(idx)), pad, width)
+        ids, mask = left_pad(prompts, idx + [idx[0]] * (rows - len(idx)), pad, width)
         seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
         seqs = seqs.cpu()
         for row, i in enumerate(idx):

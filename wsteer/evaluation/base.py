@@ -45,9 +45,11 @@ class ItemStore:
 
     def add(self, records: list[dict]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab") as f:
-            if f.tell() and not self.path.read_bytes().endswith(b"\n"):
-                f.write(b"\n")  # end a partial line a killed run left behind
+        with open(self.path, "ab+") as f:
+            if f.seek(0, os.SEEK_END):
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")  # end a partial line a killed run left behind
             for rec in records:
                 f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode())
             f.flush()
@@ -72,10 +74,8 @@ class Evaluator(L.LightningModule):
     name = "evaluator"
     version = 1  # bump whenever prompts, parsing or scoring change: stored items are keyed by it
     metric_names: tuple[str, ...] = ()
-    needs_judge = False  # True: metrics that need a judge are skipped (logged as absent) with judge=none
 
-    def __init__(self, limit: int | None = None, seed: int = 0, max_new_tokens: int = 64, batch_size: int = 16,
-                 system_prompt_ok: bool = True):
+    def __init__(self, limit: int | None = None, seed: int = 0, max_new_tokens: int = 64, batch_size: int = 16):
         super().__init__()
         if limit is not None and int(limit) < 1:
             raise WsteerError(f"evaluator {self.name}: limit={limit} must be ≥ 1 (or null for all items)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from wsteer.evaluation.base import Evaluator
-from wsteer.generation import render_prompt
+from wsteer.generation import left_pad, render_prompt
 
 LETTERS = "ABCD"
 
@@ -25,13 +25,8 @@ def format_question(item: dict) -> str:
 @torch.no_grad()
 def last_token_logits(model, tokenizer, prompts: list[list[int]]) -> torch.Tensor:
     """Logits at the last prompt position for a left-padded batch."""
-    width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
+    ids, mask = left_pad(prompts, list(range(len(prompts))), pad, max(len(p) for p in prompts))
     device = next(model.parameters()).device
     return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
 

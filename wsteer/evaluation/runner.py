@@ -22,19 +22,6 @@ from wsteer.errors import WsteerError
 from wsteer.evaluation.base import Evaluator, ItemStore, finite
 
 
-class _ItemList:
-    """A map-style dataset of items; the collate keeps them as a list of dicts."""
-
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
 def build_evaluators(cfg: DictConfig) -> list[Evaluator]:
     """Instantiate every selected evaluator (cheap: no model, no data loaded yet) so typos fail early."""
     group = cfg.get("evaluator") or {}
@@ -113,7 +100,7 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
 def _loader(items, batch_size):
     from torch.utils.data import DataLoader
 
-    return DataLoader(_ItemList(items), batch_size=batch_size, shuffle=False, collate_fn=list)
+    return DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=list)  # batches stay lists of dicts
 
 
 def _log_items(wb, records: list[dict]) -> None:

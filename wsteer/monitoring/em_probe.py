@@ -49,6 +49,7 @@ class EMProbe(Callback):
         self.jsonl_path = Path(jsonl_path) if jsonl_path else None
         self.judge = judge if self._can_score(judge, trait_name) else None
         self.history: list[dict] = []  # one summary row per probed step
+        self.last_answers: list[str] = []  # the answers at the latest probed step
         self._last_step = -1
 
     @staticmethod
@@ -84,7 +85,7 @@ class EMProbe(Callback):
                             max_new_tokens=self.max_new_tokens, progress=False)
         finally:
             root.train(was_training)
-        answers = [o["text"] for o in outs]
+        answers = self.last_answers = [o["text"] for o in outs]
         verdicts = [None] * len(answers)
         if self.judge is not None:
             verdicts = self.judge.judge([JudgeItem(self.trait_name, self.trait_description, q, a)

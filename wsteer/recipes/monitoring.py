@@ -70,11 +70,7 @@ def _em_section(probes: dict, out: Path) -> str:
         lines += ["Unjudged (judge=none): every checkpoint's answers are in `<fine-tune>/em_probe.jsonl`; run with "
                   "judge=openai to score them."]
     lines += ["", "Answers at the last checkpoint:", ""]
-    finals = {}
-    for n in probes:
-        rows = [json.loads(x) for x in (out / n / "em_probe.jsonl").read_text().splitlines()]
-        last = max(r["step"] for r in rows)
-        finals[n] = [r["answer"] for r in rows if r["step"] == last]
+    finals = {n: p.last_answers for n, p in probes.items()}
     questions = next(iter(probes.values())).questions
     for i, q in enumerate(questions):
         lines.append(f"- **{q}**")
