@@ -43,7 +43,10 @@ def test_generation_bench_smoke(monkeypatch, tmp_path):
 @pytest.mark.parametrize("bench", ["k_switch", "memory"])
 def test_other_benches_smoke(monkeypatch, tmp_path, bench):
     module = importlib.import_module(f"bench.{bench}")
-    args = {"k_switch": ["--max-new-tokens", "3", "--switches", "2", "--repeats", "1"],
+    args = {"k_switch": ["--max-new-tokens", "3", "--switches", "2", "--repeats", "1", "--suite-max-items", "2"],
             "memory": ["--steps", "1", "--batch-size", "2", "--max-length", "192"]}[bench]
     run_main(monkeypatch, module, ["--arch", "tiny", *args, "--json", str(tmp_path / "out.json")])
-    assert json.loads((tmp_path / "out.json").read_text())["rows"]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["rows"]
+    if bench == "k_switch":  # the suite pass really ran the sycophancy evaluators on the loaded model
+        assert out["suite"]["seconds"] > 0 and "factual_qa 2 items" in out["suite"]["what"]

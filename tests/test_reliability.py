@@ -543,9 +543,10 @@ def test_a_diverging_training_stops_with_a_clear_message(smoke_cfg):
         train_recipe.run(smoke_cfg("train", ["trainer.lr=1e30"]))
 
 
-def test_multi_device_paired_training_is_refused_before_it_can_silently_skip_gradient_averaging(smoke_cfg):
+def test_multi_device_training_without_ddp_is_refused(smoke_cfg):
     from wsteer.errors import WsteerError
     from wsteer.recipes import train as train_recipe
 
-    with pytest.raises(WsteerError, match="trainer.devices=2: multi-device training of the paired adapters"):
+    # DDP itself is tested in tests/test_ddp.py; devices > 1 with no data-parallel strategy is refused up front
+    with pytest.raises(WsteerError, match="trainer.devices=2 with trainer.strategy=auto"):
         train_recipe.run(smoke_cfg("train", ["+trainer.devices=2"]))

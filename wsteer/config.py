@@ -93,3 +93,19 @@ def validate(cfg: DictConfig) -> None:
     device = OmegaConf.select(cfg, "device", default="auto")
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise WsteerError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    trainer = OmegaConf.select(cfg, "trainer")
+    if trainer is not None:
+        check_multi_device(trainer)
+
+
+def check_multi_device(t, paired: bool = False) -> None:
+    """Several devices train adapters with DDP (tests/test_ddp.py: two CPU processes, equal to the one-process
+    reference) or, for one adapter (task fine-tunes), FSDP (GPU only, untested here); anything else is refused."""
+    devices, strategy = t.get("devices", 1), str(t.get("strategy", "auto"))
+    if devices == 1 or strategy.startswith("ddp") or (strategy.startswith("fsdp") and not paired):
+        return
+    if strategy.startswith("fsdp"):
+        raise WsteerError(f"trainer.devices={devices} with trainer.strategy={strategy}: the paired adapters train "
+                          "on several devices with DDP; use trainer=ddp (FSDP is for one-adapter task fine-tunes)")
+    raise WsteerError(f"trainer.devices={devices} with trainer.strategy={strategy}: adapters train on several "
+                      "devices with trainer=ddp (or trainer=fsdp for a task fine-tune); or use trainer.devices=1")

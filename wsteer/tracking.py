@@ -14,6 +14,10 @@ def start_run(cfg: DictConfig, job_type: str):
     lc = cfg.logger
     if lc.name == "none":
         return None
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return None  # a DDP helper rank (it only trains); rank 0 logs the job
     import wandb
 
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)

@@ -154,8 +154,24 @@ class PairedDataModule(L.LightningDataModule):
     def train_dataloader(self):
         from lightning.pytorch.utilities import CombinedLoader
 
-        loaders = {s: self._loader(self.train_rows[s], shuffle=True) for s in self.sides}
+        loaders = {s: self._loader(self._shard(self.train_rows[s]), shuffle=True) for s in self.sides}
         return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _shard(self, rows: list[dict]) -> list[dict]:
+        """This rank's share of the training rows under DDP (all of them on one device).
+
+        We shard here, not with Lightning's DistributedSampler (the trainer runs with `use_distributed_sampler=False`),
+        so the length-grouped sampler works per rank and validation stays whole on every rank: every rank then
+        computes the same validation loss and keeps the same best weights. Shards are made equal, cycling rows
+        as DistributedSampler pads, because every rank must run the same number of steps.
+        """
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        if world == 1:
+            return rows
+        total = -(-len(rows) // world) * world
+        padded = [rows[i % len(rows)] for i in range(total)]
+        return padded[trainer.global_rank :: world]
 
     def val_dataloader(self):
         return [self._loader(self.val_rows[s], shuffle=False) for s in self.sides]

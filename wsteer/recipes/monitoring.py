@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from wsteer.artifacts import PROJECT_ROOT, save_figure, write_text
 from wsteer.behaviors import Behavior
+from wsteer.errors import WsteerError
 from wsteer.monitoring.similarity import cosine_matrix, format_table, heatmap
 
 CONF = PROJECT_ROOT / "conf"
@@ -102,6 +103,10 @@ def run_experiment(ctx, wb=None) -> dict[str, float]:
     from wsteer.recipes.train import _trainer, ensure_artifacts
 
     cfg, mon = ctx.cfg, ctx.cfg.monitoring
+    if cfg.trainer.get("devices", 1) != 1:
+        # several fine-tunes in one job: DDP helper ranks leave after the first one (stop_helper_ranks)
+        raise WsteerError(f"trainer.devices={cfg.trainer.devices}: the monitoring experiment trains several "
+                          "fine-tunes in one job and runs on one device; use trainer.devices=1")
     out = ctx.out_dir
     vectors: dict[str, Path] = {}
     taus: dict[str, Path] = {}

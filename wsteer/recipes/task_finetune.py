@@ -17,7 +17,7 @@ from wsteer.artifacts import atomic_path, write_json
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
 from wsteer.errors import WsteerError
-from wsteer.training.paired import LoraPair, PairedModule
+from wsteer.training.paired import LoraPair, PairedModule, stop_helper_ranks
 
 SIDE = "task"
 
@@ -66,6 +66,7 @@ def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
         trainer.fit(module, datamodule=dm)
         if module.history[-1]["step"] != steps:
             trainer.validate(module, datamodule=dm, verbose=False)
+        stop_helper_ranks(trainer)
         ctx.timings["train_task"] = time.perf_counter() - t0
         best = module.restore_best()
         folder = ctx.out_dir / "adapter"

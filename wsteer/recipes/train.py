@@ -23,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsteer.artifacts import git_commit, stable_hash, write_json
 from wsteer.behaviors import SIDES
+from wsteer.config import check_multi_device
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
 from wsteer.errors import Interrupted, WsteerError
 from wsteer.recipes._common import Context, prepare
 from wsteer.steering.activation import ActivationCollector
 from wsteer.tracking import start_run
-from wsteer.training.paired import BiasPair, LoraPair, PairedModule, ResumeCheckpoint
+from wsteer.training.paired import BiasPair, LoraPair, PairedModule, ResumeCheckpoint, stop_helper_ranks
 from wsteer.vectors import DenseVector, WeightVector
 
 MIN_EXAMPLES = 4  # per side; fewer cannot give both a training and a validation split worth the name
@@ -106,11 +107,14 @@ def _strategy(t):
 
         return FSDPStrategy(auto_wrap_policy={getattr(transformers, n) for n in t.wrap_layers
                                               if hasattr(transformers, n)})
+    if s == "ddp":
+        # each backward of a paired step uses one side's LoRA weights only; plain DDP would stop on the other's
+        return "ddp_find_unused_parameters_true"
     return s
 
 
 def _trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None = None,
-             resume_ckpt: Path | None = None) -> L.Trainer:
+             resume_ckpt: Path | None = None, one_device: bool = False) -> L.Trainer:
     t = ctx.cfg.trainer
     loggers = [CSVLogger(str(ctx.out_dir), name="train_log")]
     if run is not None:
@@ -123,8 +127,10 @@ def _trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None = Non
     return L.Trainer(
         callbacks=callbacks,
         max_steps=max_steps, val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        accelerator=t.accelerator, devices=t.get("devices", 1), strategy=_strategy(t), precision=t.precision,
+        accelerator=t.accelerator, devices=1 if one_device else t.get("devices", 1),
+        strategy="auto" if one_device else _strategy(t), precision=t.precision,
         logger=loggers, log_every_n_steps=1,
+        use_distributed_sampler=False,  # PairedDataModule shards training rows per rank itself (see _shard)
         enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(ctx.out_dir),
     )
 
@@ -137,12 +143,7 @@ def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None,
     earlier run of the same command), training continues from it instead of from step 0.
     """
     cfg, t = ctx.cfg, ctx.cfg.trainer
-    if t.get("devices", 1) != 1:
-        # DDP registers only the parameters that require grad when it wraps the model, and a PairedModule makes
-        # one side trainable at a time: the other side's gradients would silently not be averaged. Until the
-        # pair is wrapped with both sides trainable (and tested on GPUs), refuse rather than train wrongly.
-        raise WsteerError(f"trainer.devices={t.devices}: multi-device training of the paired adapters is not "
-                          "supported yet; use trainer.devices=1 (task fine-tunes, source=task, can use several)")
+    check_multi_device(t, paired=True)
     dm = _datamodule(ctx, pairs)
     if source == "bias":
         pair, lr = BiasPair(ctx.model, SIDES), cfg.bias.lr  # biases train fully, with their own LR (paper §1)
@@ -204,6 +205,7 @@ def _fit_and_export(ctx: Context, pair, module: PairedModule, dm, data_manifest:
                               "steps: rerun the same command to resume") from e
     if not module.history or module.history[-1]["step"] != t.steps:
         trainer.validate(module, datamodule=dm, verbose=False)
+    stop_helper_ranks(trainer)
     ctx.timings["train"] = time.perf_counter() - t0
     for side in SIDES:
         ctx.timings[f"train_{side}"] = module.side_seconds[side]
@@ -238,7 +240,8 @@ def collect_activations(ctx: Context, pairs, data_manifest: dict) -> dict[str, o
     dm = _datamodule(ctx, pairs, with_system=True)
     collector = ActivationCollector(ctx.model, SIDES)
     with ctx.timed("collect_activations"):
-        _trainer(ctx, None).test(collector, dataloaders=dm.all_dataloaders(), verbose=False)
+        # one device: a forward pass over a few hundred rows, and DDP would rerun the whole command per rank
+        _trainer(ctx, None, one_device=True).test(collector, dataloaders=dm.all_dataloaders(), verbose=False)
     a = collector.difference()
     tensors = {str(i): a[i].cpu() for i in range(a.shape[0])}
     return {"activation": DenseVector(tensors, _manifest(ctx, "activation", data_manifest, n_layers=a.shape[0] - 1))}

@@ -61,9 +61,16 @@ class LoraPair:
                 self.peft = get_peft_model(model, config, adapter_name=side)
             else:
                 self.peft.add_adapter(side, config)
+        self.activate(self.sides[0])
 
     def activate(self, side: str) -> None:
-        self.peft.set_adapter(side)  # also makes only this adapter's weights trainable
+        self.peft.set_adapter(side)  # routes the forward through this adapter only
+        # PEFT's set_adapter also freezes the inactive adapters. Keep every side trainable instead: DDP registers
+        # only the parameters that require grad when it wraps the model, so a side frozen at wrap time would
+        # never have its gradients averaged. An inactive side is not in the forward, so it gets no gradient.
+        for side_ in self.sides:
+            for p in self.params(side_).values():
+                p.requires_grad_(True)
 
     def params(self, side: str) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.peft.named_parameters() if "lora_" in n and f".{side}." in n}
@@ -196,7 +203,8 @@ class PairedModule(L.LightningModule):
         for side in self.sides:
             total, n = self._val_sums[side]
             val = total / max(n, 1)
-            self.log(f"val/loss_{side}", val, prog_bar=True)
+            # every DDP rank validates on all rows (PairedDataModule._shard), so the mean over ranks is this value
+            self.log(f"val/loss_{side}", val, prog_bar=True, sync_dist=True)
             self.history.append({"step": self.training_steps_done, "side": side, "loss": val})
             if side not in self.best or val < self.best[side][0]:
                 self.best[side] = (val, {k: p.detach().clone() for k, p in self.pair.params(side).items()})
@@ -245,6 +253,23 @@ class PairedModule(L.LightningModule):
                 step = min(h["step"] for h in self.history if h["side"] == side and math.isclose(h["loss"], val))
                 summary[side] = {"val_loss": val, "step": step}
         return summary
+
+
+def stop_helper_ranks(trainer: L.Trainer) -> None:
+    """Under DDP every rank runs the whole command; ranks other than 0 only help train.
+
+    Call it after the last collective step (the final validation): the other ranks exit there, so artifacts,
+    evaluation and the W&B run happen once, on rank 0, which holds the same trained weights.
+    """
+    if trainer.world_size == 1:
+        return
+    if not trainer.is_global_zero:
+        raise SystemExit(0)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        # rank 0 goes on alone: torchmetrics (the evaluators) would otherwise wait for the departed ranks to sync
+        dist.destroy_process_group()
 
 
 class ResumeCheckpoint(L.Callback):
