@@ -31,12 +31,16 @@ CONFIGS = {"single": ("pos",), "paired": ("pos", "neg")}
 def child(args) -> None:
     from bench.train_throughput import run_ours
 
+    run = lambda: run_ours(args, grouped=False, sides=CONFIGS[args.child])  # noqa: E731
+    peak = None
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        r = run_ours(args, grouped=False, sides=CONFIGS[args.child])
+        r = run()
         peak = torch.cuda.max_memory_allocated()
+    elif args.measure == "tensors":
+        peak, r = cpu_tensor_peak(run)
     else:
-        peak, r = cpu_tensor_peak(lambda: run_ours(args, grouped=False, sides=CONFIGS[args.child]))
+        r = run()  # unprofiled: the profiler's own event buffers would inflate the RSS
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     print("RESULT " + json.dumps({"seconds": r["seconds"], "tokens": r["tokens"], "tensor_peak": peak, "rss": rss}),
           flush=True)
@@ -53,9 +57,11 @@ def cpu_tensor_peak(fn):
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
+    # the raw events: one per allocation (+bytes) and per free (−bytes); FunctionEvents fold them into their ops
+    raw = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     live = peak = 0
-    for e in sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start):
-        live += e.cpu_memory_usage
+    for e in sorted(raw, key=lambda e: e.start_ns()):
+        live += e.nbytes()
         peak = max(peak, live)
     return peak, out
 
@@ -66,6 +72,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=160)
     p.add_argument("--child", choices=tuple(CONFIGS), default=None, help="internal: run one configuration")
+    p.add_argument("--measure", choices=("rss", "tensors"), default="rss", help="internal: what the child measures")
     args = p.parse_args()
     setup(args)
     if args.child:
@@ -76,8 +83,14 @@ def main():
                "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
-        result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+        result = {}
+        for measure in ("rss", "tensors") if args.device == "cpu" else ("rss",):
+            out = subprocess.run([*cmd, "--measure", measure], stdout=subprocess.PIPE, text=True, check=True).stdout
+            r = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+            result.setdefault("rss", r["rss"])  # from the unprofiled run
+            result.setdefault("seconds", r["seconds"])
+            if r["tensor_peak"] is not None:
+                result["tensor_peak"] = r["tensor_peak"]
         peak, rss = result["tensor_peak"] / 2**30, result["rss"] / 2**30
         rows.append({"system": name, "peak_gib": peak, "rss_gib": rss, "seconds": result["seconds"]})
         print(f"{name}: peak of live tensors {peak:.3f} GiB, peak RSS {rss:.3f} GiB", flush=True)
