@@ -75,3 +75,11 @@ def test_multi_device_needs_ddp_and_paired_training_refuses_fsdp(smoke_cfg, tmp_
     with pytest.raises(WsteerError, match="trainer.devices=2 with trainer.strategy=auto: .* trainer=ddp"):
         train_recipe.run(smoke_cfg("train", ["+trainer.devices=2"]))
     assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_ddp_inside_a_multirun_is_refused_before_anything_runs(tmp_path):
+    r = run(["train.py", "-m", "debug=smoke", "logger=none", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+             "+trainer.devices=2", "+trainer.strategy=ddp", "seed=0,1"], tmp_path, timeout=300)
+    assert r.returncode != 0
+    assert "inside a Hydra multirun (-m): each rank would rerun the whole sweep" in r.stdout + r.stderr
+    assert not (tmp_path / "cache" / "models").exists() and "GLOBAL_RANK" not in r.stdout + r.stderr

@@ -102,6 +102,11 @@ def check_multi_device(t, paired: bool = False) -> None:
     """Several devices train adapters with DDP (tests/test_ddp.py: two CPU processes, equal to the one-process
     reference) or, for one adapter (task fine-tunes), FSDP (GPU only, untested here); anything else is refused."""
     devices, strategy = t.get("devices", 1), str(t.get("strategy", "auto"))
+    if devices != 1 and _in_multirun():
+        # Lightning starts the other ranks by rerunning the command line, which here holds the whole sweep
+        raise WsteerError(f"trainer.devices={devices} inside a Hydra multirun (-m): each rank would rerun the whole "
+                          "sweep. Train once with several devices (python train.py trainer=ddp ...), then sweep "
+                          "over its vector: python steer.py -m vector=PATH/contrastive.safetensors k=...")
     if devices == 1 or strategy.startswith("ddp") or (strategy.startswith("fsdp") and not paired):
         return
     if strategy.startswith("fsdp"):
@@ -109,3 +114,10 @@ def check_multi_device(t, paired: bool = False) -> None:
                           "on several devices with DDP; use trainer=ddp (FSDP is for one-adapter task fine-tunes)")
     raise WsteerError(f"trainer.devices={devices} with trainer.strategy={strategy}: adapters train on several "
                       "devices with trainer=ddp (or trainer=fsdp for a task fine-tune); or use trainer.devices=1")
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
