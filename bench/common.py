@@ -58,8 +58,13 @@ def load(arch: str, device: str, dtype: torch.dtype | None = None):
 
         cfg = Qwen2Config(**QWEN2_5[arch], max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
                           hidden_act="silu", use_sliding_window=False)
-        with torch.device(device):
-            model = Qwen2ForCausalLM(cfg).to(dtype)
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # built in bf16 directly: an fp32 7B would take 30 GB first
+        try:
+            with torch.device(device):
+                model = Qwen2ForCausalLM(cfg)
+        finally:
+            torch.set_default_dtype(prev)
         # the byte-level tokenizer built in-process (no download); ids stay far below Qwen's vocab size
         tokenizer = build_tiny_tokenizer()
         if tokenizer.pad_token is None:

@@ -100,6 +100,8 @@ def main():
     p.add_argument("--k", type=float, default=-2.0)
     p.add_argument("--repeats", type=int, default=1, help="timed passes per system (best is kept), interleaved")
     p.add_argument("--systems", default="hf_generate_peft_unmerged,hf_generate_merged,ours,ours_big")
+    p.add_argument("--warmup", choices=("auto", "full", "short"), default="auto",
+                   help="untimed warm-up: a whole pass per system (auto on CUDA: compiles every shape) or a few prompts")
     args = p.parse_args()
     setup(args)
     model, tok = load(args.arch, args.device)
@@ -122,33 +124,38 @@ def main():
         # a copy: PEFT wraps the layers it adapts in place, which would rename the weights the steerer edits
         peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(folder)).eval()
 
-    def run(system):
+    def run(system, prompts=convs):
         if system == "hf_generate_peft_unmerged":
-            return plain_generate(peft_model, tok, convs, args.batch_size, args.max_new_tokens)
-        with steerer.apply(model, args.k):
-            if system == "hf_generate_merged":
-                return plain_generate(model, tok, convs, args.batch_size, args.max_new_tokens)
-            if system == "ours":
-                return generate(model, tok, convs, batch_size=args.batch_size, progress=False, **gen)
-            if system == "ours_big":
-                return generate(model, tok, convs, batch_size=args.big_batch, progress=False, **gen)
-            if system == "ours_vllm":
-                return generate(model, tok, convs, backend="vllm", **gen)
+            return plain_generate(peft_model, tok, prompts, args.batch_size, args.max_new_tokens)
+        if system == "hf_generate_merged":
+            return plain_generate(model, tok, prompts, args.batch_size, args.max_new_tokens)
+        if system == "ours":
+            return generate(model, tok, prompts, batch_size=args.batch_size, progress=False, **gen)
+        if system == "ours_big":
+            return generate(model, tok, prompts, batch_size=args.big_batch, progress=False, **gen)
+        if system == "ours_vllm":
+            return generate(model, tok, prompts, backend="vllm", **gen)
         raise SystemExit(f"unknown system {system}")
 
-    # warm-up (allocator, oneDNN primitives; on CUDA the compiled graphs) on a few prompts, not timed
-    for system in systems:
-        if system != "ours_vllm":
-            small = convs[: min(len(convs), 4)]
-            with steerer.apply(model, args.k):
-                generate(model, tok, small, max_new_tokens=4, batch_size=args.batch_size, progress=False)
     best: dict[str, tuple[float, list]] = {}
-    for _ in range(args.repeats):
+    # θ + k·w is written into the weights once, outside every timed pass: bench/k_switch.py times the switch.
+    # The unmerged PEFT system runs on its own copy of the base, which this does not touch.
+    with steerer.apply(model, args.k):
+        # Warm-up, not timed. On CUDA a whole untimed pass per system, so every compiled shape (batch sizes, prompt
+        # widths, cache lengths) exists before timing; on CPU a few prompts (allocator, oneDNN primitives).
+        warm = args.warmup if args.warmup != "auto" else ("full" if args.device == "cuda" else "short")
         for system in systems:
-            outs, dt = timed(lambda s=system: run(s), args.device)
-            if system not in best or dt < best[system][0]:
-                best[system] = (dt, outs)
-            print(f"{system}: {dt:.2f} s", flush=True)
+            if warm == "full":
+                run(system)
+            elif system != "ours_vllm":
+                generate(model, tok, convs[: min(len(convs), 4)], max_new_tokens=4, batch_size=args.batch_size,
+                         progress=False)
+        for _ in range(args.repeats):
+            for system in systems:
+                outs, dt = timed(lambda s=system: run(s), args.device)
+                if system not in best or dt < best[system][0]:
+                    best[system] = (dt, outs)
+                print(f"{system}: {dt:.2f} s", flush=True)
     base_outs = best.get("hf_generate_merged", next(iter(best.values())))[1]
     rows = []
     for system, (dt, outs) in best.items():

@@ -62,10 +62,12 @@ def main():
     one, every = ActivationSteerer(act_vec), ActivationSteerer(act_vec, all_layers=True)
     convs = [[{"role": "user", "content": q}] for q in questions(("sycophancy",))]
 
-    def eval_pass(ctx):
+    def eval_pass(ctx) -> float:
+        """Seconds of one generation pass under `ctx`; entering and leaving `ctx` (the k switch) is not timed."""
         with ctx:
-            return generate(model, tok, convs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            progress=False)
+            _, dt = timed(lambda: generate(model, tok, convs, max_new_tokens=args.max_new_tokens,
+                                           batch_size=args.batch_size, progress=False), args.device)
+        return dt
 
     switches = []
     ks = [args.k, -args.k, 0.5 * args.k]
@@ -83,7 +85,7 @@ def main():
     best = {}
     for _ in range(args.repeats):
         for name, make in variants.items():
-            _, dt = timed(lambda m=make: eval_pass(m()), args.device)
+            dt = eval_pass(make())
             best[name] = min(best.get(name, float("inf")), dt)
             print(f"{name}: {dt:.2f} s", flush=True)
     switch = statistics.median(switches)

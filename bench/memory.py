@@ -29,18 +29,25 @@ CONFIGS = {"single": ("pos",), "paired": ("pos", "neg")}
 
 
 def child(args) -> None:
+    import lightning as L
+
     from bench.train_throughput import run_ours
 
-    run = lambda: run_ours(args, grouped=False, sides=CONFIGS[args.child])  # noqa: E731
+    class ResetPeak(L.Callback):
+        """Count the peak from the start of training (base weights included), not the model build before it."""
+
+        def on_fit_start(self, trainer, pl_module):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
     peak = None
     if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        r = run()
+        r = run_ours(args, grouped=False, sides=CONFIGS[args.child], callbacks=[ResetPeak()])
         peak = torch.cuda.max_memory_allocated()
     elif args.measure == "tensors":
-        peak, r = cpu_tensor_peak(run)
-    else:
-        r = run()  # unprofiled: the profiler's own event buffers would inflate the RSS
+        peak, r = cpu_tensor_peak(lambda: run_ours(args, grouped=False, sides=CONFIGS[args.child]))
+    else:  # unprofiled: the profiler's own event buffers would inflate the RSS
+        r = run_ours(args, grouped=False, sides=CONFIGS[args.child])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     print("RESULT " + json.dumps({"seconds": r["seconds"], "tokens": r["tokens"], "tensor_peak": peak, "rss": rss}),
           flush=True)

@@ -41,7 +41,7 @@ def datamodule(tok, args, grouped: bool) -> PairedDataModule:
                             val_fraction=0.05, seed=0, group_by_length=grouped)
 
 
-def run_ours(args, grouped: bool, sides=SIDES) -> dict:
+def run_ours(args, grouped: bool, sides=SIDES, callbacks=()) -> dict:
     import lightning as L
 
     from wsteer.training.paired import LoraPair, PairedModule
@@ -63,7 +63,7 @@ def run_ours(args, grouped: bool, sides=SIDES) -> dict:
                         accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
                         precision="bf16-mixed" if args.device == "cuda" else "32-true", logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                        callbacks=[Count()], default_root_dir=tempfile.mkdtemp(prefix="wsteer-bench-"))
+                        callbacks=[Count(), *callbacks], default_root_dir=tempfile.mkdtemp(prefix="wsteer-bench-"))
     _, dt = timed(lambda: trainer.fit(module, datamodule=dm), args.device)
     pair.remove()
     return {"seconds": dt, "tokens": counted["tokens"], "padding": 1 - counted["tokens"] / counted["slots"],

@@ -42,13 +42,14 @@ class WeightSteerer(Steerer):
                 for name in self.vector.factors:
                     p = params[name]
                     saved[name] = p.detach().clone()
-                    b, a = self.vector.factors[name]
+                    # the factors live on the CPU; B·A is formed where the weight lives (on a GPU, not the CPU)
+                    b, a = (t.to(p.device, torch.float32) for t in self.vector.factors[name])
                     if p.dtype == torch.float32:
                         # fused W += k·B·A: no dense delta or fp32 copy of W is materialised (k switches are cheap)
-                        p.addmm_(b.to(p.device, p.dtype), a.to(p.device, p.dtype), alpha=k)
+                        p.addmm_(b, a, alpha=k)
                     else:
                         # Sum in fp32 and round once, so bf16 models lose no more precision than necessary.
-                        p.copy_((p.float() + k * self.vector.delta(name).to(p.device)).to(p.dtype))
+                        p.copy_((p.float() + k * (b @ a)).to(p.dtype))
             yield model
         finally:
             with torch.no_grad():
