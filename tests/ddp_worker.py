@@ -27,6 +27,7 @@ from transformers import get_linear_schedule_with_warmup  # noqa: E402
 
 from wsteer.data.sft import PairedDataModule  # noqa: E402
 from wsteer.models import load_model  # noqa: E402
+from wsteer.recipes.train import _strategy  # noqa: E402
 from wsteer.training.paired import LoraPair, PairedModule  # noqa: E402
 
 WORLD, STEPS, BATCH, LR = 2, 4, 2, 5e-3
@@ -53,7 +54,8 @@ def ddp(out: Path) -> None:
     torch.set_num_threads(1)
     model, pair, dm = build()
     module = PairedModule(model, pair, lr=LR, weight_decay=0.0, warmup_steps=1, total_steps=STEPS, grad_clip=1.0)
-    trainer = L.Trainer(accelerator="cpu", devices=WORLD, strategy="ddp_find_unused_parameters_true",
+    # the strategy train.py builds from trainer.strategy=ddp
+    trainer = L.Trainer(accelerator="cpu", devices=WORLD, strategy=_strategy(OmegaConf.create({"strategy": "ddp"})),
                         max_steps=STEPS * len(SIDES), limit_val_batches=0, num_sanity_val_steps=0,
                         use_distributed_sampler=False, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
@@ -67,9 +69,15 @@ def reference(out: Path) -> None:
     torch.set_num_threads(1)
     model, pair, dm = build()
     batches = {}
+    shards = {}
     for rank in range(WORLD):  # the batches each rank draws: the data module's own sharding, rank by rank
         dm.trainer = SimpleNamespace(world_size=WORLD, global_rank=rank)
-        batches[rank] = {s: list(dm._loader(dm._shard(dm.train_rows[s]), shuffle=True)) for s in SIDES}
+        shards[rank] = {s: dm._shard(dm.train_rows[s]) for s in SIDES}
+        batches[rank] = {s: list(dm._loader(shards[rank][s], shuffle=True)) for s in SIDES}
+    for s in SIDES:  # the shards split the rows: disjoint, every row in one, equal sizes (16 rows, 2 ranks)
+        ids = [[tuple(r["input_ids"]) for r in shards[rank][s]] for rank in range(WORLD)]
+        assert not set(ids[0]) & set(ids[1]) and len(ids[0]) == len(ids[1]) == 8
+        assert sorted(ids[0] + ids[1]) == sorted(tuple(r["input_ids"]) for r in dm.train_rows[s])
     opts = {s: torch.optim.AdamW(list(pair.params(s).values()), lr=LR, weight_decay=0.0) for s in SIDES}
     scheds = {s: get_linear_schedule_with_warmup(opts[s], 1, STEPS) for s in SIDES}
     model.train()

@@ -64,6 +64,7 @@ def test_steer_py_trains_on_two_ddp_processes_then_evaluates_once(tmp_path):
 def test_multi_device_needs_ddp_and_paired_training_refuses_fsdp(smoke_cfg, tmp_path):
     from wsteer.config import check_multi_device
     from wsteer.errors import WsteerError
+    from wsteer.recipes import steer as steer_recipe
     from wsteer.recipes import train as train_recipe
 
     trainer = lambda *o: smoke_cfg("train", ["+trainer.devices=2", *o]).trainer  # noqa: E731
@@ -71,7 +72,14 @@ def test_multi_device_needs_ddp_and_paired_training_refuses_fsdp(smoke_cfg, tmp_
     check_multi_device(trainer("+trainer.strategy=fsdp"))  # one adapter (task fine-tunes)
     with pytest.raises(WsteerError, match="paired adapters train on several devices with DDP; use trainer=ddp"):
         check_multi_device(trainer("+trainer.strategy=fsdp"), paired=True)
-    # no strategy named: refused by the config check, before the model is even loaded
+    with pytest.raises(WsteerError, match="use trainer.strategy=ddp"):
+        check_multi_device(trainer("+trainer.strategy=ddp_spawn"))  # its best weights would stay in the children
+    # refused by the config check, before the model is even loaded: FSDP for the paired adapters, several devices
+    # for training and evaluation in one run, and several devices with no strategy named
+    with pytest.raises(WsteerError, match="paired adapters train on several devices with DDP"):
+        train_recipe.run(smoke_cfg("train", ["+trainer.devices=2", "+trainer.strategy=fsdp"]))
+    with pytest.raises(WsteerError, match="trainer.devices=2 and eval.devices=2 in one run"):
+        steer_recipe.run(smoke_cfg("steer", ["+trainer.devices=2", "+trainer.strategy=ddp", "eval.devices=2"]))
     with pytest.raises(WsteerError, match="trainer.devices=2 with trainer.strategy=auto: .* trainer=ddp"):
         train_recipe.run(smoke_cfg("train", ["+trainer.devices=2"]))
     assert not (tmp_path / "cache" / "models").exists()

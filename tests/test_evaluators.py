@@ -366,3 +366,19 @@ def test_store_keys_tell_vectors_apart():
     b = WeightSteerer(WeightVector(f, {"data_hash": "a", "created": "t2"}))  # the same data, rebuilt
     assert steering_id(a) == steering_id(WeightSteerer(WeightVector(f, {"data_hash": "a", "created": "t1"})))
     assert steering_id(a) != steering_id(b) and steering_id(None) == {"method": "none"}
+
+
+def test_an_evaluator_borrows_the_model_so_lightning_never_moves_it(tiny, tmp_path):
+    """Lightning moves the module it tests to the CPU when `test` ends; a GPU model must not go with it."""
+    from wsteer.evaluation.mmlu import MMLU
+
+    model, tok = tiny
+    ev = MMLU(n=4, limit=2, batch_size=2).bind(model, tok, store_folder=tmp_path / "store")
+    moved = []
+    model._apply = lambda fn, *a, **kw: moved.append(fn) or model  # what .to()/.cpu() on a parent reaches
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    out = finite(trainer.test(ev, dataloaders=DataLoader(ev.items(), batch_size=2, collate_fn=list),
+                              verbose=False)[0])
+    assert out["eval/mmlu/n_items"] == 2
+    assert "lm" not in dict(ev.named_children()) and moved == []

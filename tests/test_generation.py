@@ -133,16 +133,17 @@ def test_static_cache_path_equals_default(tiny):
     model, tok = tiny
     ref = generate(model, tok, convs()[:5], max_new_tokens=10, batch_size=2, progress=False)
     assert generate(model, tok, convs()[:5], max_new_tokens=10, batch_size=2, progress=False, compile=True) == ref
-    # batch 4 over 7 prompts: a full batch, then 3 prompts filled up to 4 rows (the next power of two)
+    # batch 8 over 11 prompts: a full batch, then 3 prompts filled up to 4 rows (the next power of two), not to 8
+    eleven = convs(QUESTIONS + [q + " Really?" for q in QUESTIONS[:3]])
     calls = []
     orig = model.generate
     model.generate = lambda **kw: calls.append(tuple(kw["input_ids"].shape)) or orig(**kw)
     try:
-        ref = generate(model, tok, convs()[:7], max_new_tokens=10, batch_size=4, progress=False, compile=False)
-        assert generate(model, tok, convs()[:7], max_new_tokens=10, batch_size=4, progress=False, compile=True) == ref
+        ref = generate(model, tok, eleven, max_new_tokens=10, batch_size=8, progress=False, compile=False)
+        assert generate(model, tok, eleven, max_new_tokens=10, batch_size=8, progress=False, compile=True) == ref
     finally:
         model.generate = orig
-    assert [rows for rows, _ in calls] == [4, 3, 4, 4]  # eager: 4 + 3 rows; static: 4 + 3 filled to 4
+    assert [rows for rows, _ in calls] == [8, 3, 8, 4]  # eager: 8 + 3 rows; static: 8 + 3 filled to 4
     assert all(width % 64 == 0 for _, width in calls[2:])  # static: prompt widths rounded up to 64
 
 

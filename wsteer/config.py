@@ -95,7 +95,17 @@ def validate(cfg: DictConfig) -> None:
         raise WsteerError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
     trainer = OmegaConf.select(cfg, "trainer")
     if trainer is not None:
-        check_multi_device(trainer)
+        check_multi_device(trainer, paired=OmegaConf.select(cfg, "source", default=None) not in ("task", "joint"))
+        eval_devices = OmegaConf.select(cfg, "eval.devices", default=1)
+        if trainer.get("devices", 1) != 1 and eval_devices != 1:
+            # Lightning leaves rank 0 marked as a launched rank after training: a second data-parallel launch
+            # in the same process would wait for helper ranks that have already left
+            raise WsteerError(f"trainer.devices={trainer.devices} and eval.devices={eval_devices} in one run: train "
+                              "on several devices first (python train.py trainer=ddp ...), then evaluate on several "
+                              "in a separate run (python evaluate.py vector=PATH eval.devices=N eval.strategy=ddp)")
+
+
+DDP_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true")
 
 
 def check_multi_device(t, paired: bool = False) -> None:
@@ -107,9 +117,14 @@ def check_multi_device(t, paired: bool = False) -> None:
         raise WsteerError(f"trainer.devices={devices} inside a Hydra multirun (-m): each rank would rerun the whole "
                           "sweep. Train once with several devices (python train.py trainer=ddp ...), then sweep "
                           "over its vector: python steer.py -m vector=PATH/contrastive.safetensors k=...")
-    if devices == 1 or strategy.startswith("ddp") or (strategy.startswith("fsdp") and not paired):
+    if devices == 1 or strategy in DDP_STRATEGIES or (strategy == "fsdp" and not paired):
         return
-    if strategy.startswith("fsdp"):
+    if strategy.startswith("ddp"):
+        # ddp_spawn trains in child processes whose best weights and history never come back; *_false stops on
+        # the inactive side's parameters; fork/notebook variants cannot start once CUDA is initialised
+        raise WsteerError(f"trainer.strategy={strategy}: use trainer.strategy=ddp (Lightning's subprocess DDP with "
+                          "unused parameters allowed, which paired training needs)")
+    if strategy == "fsdp":
         raise WsteerError(f"trainer.devices={devices} with trainer.strategy={strategy}: the paired adapters train "
                           "on several devices with DDP; use trainer=ddp (FSDP is for one-adapter task fine-tunes)")
     raise WsteerError(f"trainer.devices={devices} with trainer.strategy={strategy}: adapters train on several "

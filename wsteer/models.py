@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,6 +31,11 @@ TINY_CHAT_TEMPLATE = (
 
 
 def resolve_device(name: str) -> torch.device:
+    if name in ("auto", "cuda") and torch.cuda.is_available() and os.environ.get("LOCAL_RANK"):
+        # a DDP rank started by Lightning reruns the command: load on its own GPU, not all ranks on cuda:0
+        rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(rank)
+        return torch.device("cuda", rank)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -201,3 +207,18 @@ def mlp_output_projections(model) -> list[tuple[str, torch.nn.Linear]]:
             raise WsteerError(f"cannot find the MLP output projection in {type(layer).__name__}")
         out.append((names[id(proj)], proj))
     return out
+
+
+@contextmanager
+def stays_on_its_device(model):
+    """Put `model` back on its device after a Lightning `fit`/`validate`/`test` that owned it.
+
+    Lightning's `Strategy.teardown` moves the LightningModule to the CPU when such a call ends. The base model is
+    shared with what follows (held-out answers, the evaluators), which on a GPU would then run on the CPU.
+    """
+    device = next(model.parameters()).device
+    try:
+        yield model
+    finally:
+        if next(model.parameters()).device != device:
+            model.to(device)

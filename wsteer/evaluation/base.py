@@ -91,7 +91,10 @@ class Evaluator(L.LightningModule):
     def bind(self, model, tokenizer, *, steerer=None, k: float = 0.0, judge=None, behavior=None,
              store_folder: str | Path | None = None) -> Evaluator:
         """Attach the run-time objects; `store_folder` keeps finished items (one file per process rank)."""
-        self.lm, self.tokenizer, self.steerer, self.k = model, tokenizer, steerer, k
+        # The evaluator borrows the model; it must not own it as a submodule: Lightning moves the module it tests
+        # to the CPU when `test` ends (Strategy.teardown), which would carry a GPU model off its card each time.
+        self.__dict__["lm"] = model
+        self.tokenizer, self.steerer, self.k = tokenizer, steerer, k
         self.judge, self.behavior, self.store_folder = judge, behavior, store_folder
         self.store = None
         return self

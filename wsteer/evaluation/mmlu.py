@@ -30,7 +30,11 @@ def last_token_logits(model, tokenizer, prompts: list[list[int]]) -> torch.Tenso
     device = next(model.parameters()).device
     # logits_to_keep=1: the LM head runs on the last position only. All positions would cost a vocab-sized
     # product per prompt token and a (rows × length × vocab) tensor: 2 GiB for 16 long prompts on the 135M model.
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
+    ids, mask = ids.to(device), mask.to(device)
+    try:
+        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+    except TypeError:  # a custom (remote-code) model whose forward does not take logits_to_keep
+        out = model(input_ids=ids, attention_mask=mask)
     return out.logits[:, -1].float()
 
 

@@ -17,6 +17,7 @@ from wsteer.artifacts import atomic_path, write_json
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
 from wsteer.errors import WsteerError
+from wsteer.models import stays_on_its_device
 from wsteer.training.paired import LoraPair, PairedModule, stop_helper_ranks
 
 SIDE = "task"
@@ -55,24 +56,27 @@ def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
     dm = PairedDataModule(ctx.tokenizer, {SIDE: rows}, batch_size=task.batch_size, max_length=cfg.trainer.max_length,
                           val_fraction=cfg.trainer.val_fraction, seed=cfg.seed,
                           group_by_length=bool(cfg.trainer.get("group_by_length", False)))
-    steps = task.steps or math.ceil(len(dm.train_rows[SIDE]) / task.batch_size) * task.epochs
+    # under DDP each step takes batch_size rows on every rank: an epoch is rows / (batch_size × world size) steps
+    world = make_trainer(ctx, None, max_steps=1, val_every=1).world_size
+    steps = task.steps or math.ceil(len(dm.train_rows[SIDE]) / (task.batch_size * world)) * task.epochs
     pair = LoraPair(ctx.model, task.adapter, [SIDE])
     module = PairedModule(ctx.model, pair, lr=task.lr, weight_decay=cfg.trainer.weight_decay,
                           warmup_steps=cfg.trainer.warmup_steps, total_steps=steps, grad_clip=cfg.trainer.grad_clip)
     try:  # the base model must come back clean even if training fails
-        trainer = make_trainer(ctx, run, max_steps=steps, val_every=min(cfg.trainer.eval_every, steps))
-        t0 = time.perf_counter()
-        trainer.validate(module, datamodule=dm, verbose=False)
-        trainer.fit(module, datamodule=dm)
-        if module.history[-1]["step"] != steps:
+        with stays_on_its_device(ctx.model):  # Lightning leaves the module it trained on the CPU
+            trainer = make_trainer(ctx, run, max_steps=steps, val_every=min(cfg.trainer.eval_every, steps))
+            t0 = time.perf_counter()
             trainer.validate(module, datamodule=dm, verbose=False)
-        stop_helper_ranks(trainer)
-        ctx.timings["train_task"] = time.perf_counter() - t0
-        best = module.restore_best()
-        folder = ctx.out_dir / "adapter"
-        with atomic_path(folder) as tmp:  # a crash mid-save leaves no folder that loads as an adapter
-            pair.peft.save_pretrained(str(tmp), selected_adapters=[SIDE])
-        adapter = folder / SIDE if (folder / SIDE / "adapter_config.json").is_file() else folder
+            trainer.fit(module, datamodule=dm)
+            if module.history[-1]["step"] != steps:
+                trainer.validate(module, datamodule=dm, verbose=False)
+            stop_helper_ranks(trainer)
+            ctx.timings["train_task"] = time.perf_counter() - t0
+            best = module.restore_best()
+            folder = ctx.out_dir / "adapter"
+            with atomic_path(folder) as tmp:  # a crash mid-save leaves no folder that loads as an adapter
+                pair.peft.save_pretrained(str(tmp), selected_adapters=[SIDE])
+            adapter = folder / SIDE if (folder / SIDE / "adapter_config.json").is_file() else folder
     finally:
         pair.remove()
         ctx.model.eval()

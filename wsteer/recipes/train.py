@@ -27,6 +27,7 @@ from wsteer.config import check_multi_device
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
 from wsteer.errors import Interrupted, WsteerError
+from wsteer.models import stays_on_its_device
 from wsteer.recipes._common import Context, prepare
 from wsteer.steering.activation import ActivationCollector
 from wsteer.tracking import start_run
@@ -153,7 +154,8 @@ def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None,
     module = PairedModule(ctx.model, pair, lr=lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                           total_steps=t.steps, grad_clip=t.grad_clip, checkpoint_every=every)
     try:  # the base model must come back clean even if training fails
-        return _fit_and_export(ctx, pair, module, dm, data_manifest, source, run, resume_ckpt)
+        with stays_on_its_device(ctx.model):
+            return _fit_and_export(ctx, pair, module, dm, data_manifest, source, run, resume_ckpt)
     finally:
         pair.remove()
         ctx.model.eval()
@@ -241,7 +243,8 @@ def collect_activations(ctx: Context, pairs, data_manifest: dict) -> dict[str, o
     collector = ActivationCollector(ctx.model, SIDES)
     with ctx.timed("collect_activations"):
         # one device: a forward pass over a few hundred rows, and DDP would rerun the whole command per rank
-        _trainer(ctx, None, one_device=True).test(collector, dataloaders=dm.all_dataloaders(), verbose=False)
+        with stays_on_its_device(ctx.model):
+            _trainer(ctx, None, one_device=True).test(collector, dataloaders=dm.all_dataloaders(), verbose=False)
     a = collector.difference()
     tensors = {str(i): a[i].cpu() for i in range(a.shape[0])}
     return {"activation": DenseVector(tensors, _manifest(ctx, "activation", data_manifest, n_layers=a.shape[0] - 1))}
