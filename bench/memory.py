@@ -58,7 +58,8 @@ def cpu_tensor_peak(fn):
 
     The profiler records every allocation and free of torch's CPU allocator (`profile_memory=True`); the running
     sum of those events, in time order, is the bytes held by tensors. Unlike peak RSS it does not count freed
-    memory the C allocator keeps, nor the interpreter and libraries.
+    memory the C allocator keeps, nor the interpreter and libraries. Run it with `--threads 1`: allocations made
+    on intra-op worker threads may not be recorded.
     """
     from torch.profiler import ProfilerActivity, profile
 
