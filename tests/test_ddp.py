@@ -91,3 +91,18 @@ def test_ddp_inside_a_multirun_is_refused_before_anything_runs(tmp_path):
     assert r.returncode != 0
     assert "inside a Hydra multirun (-m): each rank would rerun the whole sweep" in r.stdout + r.stderr
     assert not (tmp_path / "cache" / "models").exists() and "GLOBAL_RANK" not in r.stdout + r.stderr
+
+
+def test_all_visible_gpus_enter_the_cache_key_as_their_number(smoke_cfg, monkeypatch):
+    """trainer=ddp trains on every visible GPU: 4 and 8 GPUs are different global batches, so different vectors."""
+    import torch
+
+    from wsteer.recipes.train import _settings
+
+    cfg = smoke_cfg("train", ["+trainer.devices=-1", "trainer.accelerator=gpu"])
+    keys = {}
+    for n in (4, 8):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda n=n: n)
+        keys[n] = _settings(cfg, "lora")["trainer"]["devices"]
+    assert keys == {4: 4, 8: 8}
+    assert _settings(smoke_cfg("train"), "lora")["trainer"].get("devices") is None  # one device: key unchanged

@@ -44,6 +44,11 @@ def _settings(cfg: DictConfig, source: str) -> dict:
     if source == "activation":
         return {"max_length": cfg.trainer.max_length}
     s = {"trainer": c(cfg.trainer), "seed": cfg.seed}
+    if s["trainer"].get("devices") in (-1, "-1", "auto") and s["trainer"].get("accelerator") in ("gpu", "cuda"):
+        # "all visible GPUs": the global batch is batch_size × their number, so the key holds the number
+        import torch
+
+        s["trainer"]["devices"] = torch.cuda.device_count()
     if source in ("lora", "finetune"):
         s["adapter"] = c(cfg.adapter)
     if source == "bias":
