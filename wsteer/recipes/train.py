@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsteer.artifacts import git_commit, stable_hash, write_json
 from wsteer.behaviors import SIDES
-from wsteer.config import check_multi_device
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
 from wsteer.errors import Interrupted, WsteerError
@@ -149,7 +148,6 @@ def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None,
     earlier run of the same command), training continues from it instead of from step 0.
     """
     cfg, t = ctx.cfg, ctx.cfg.trainer
-    check_multi_device(t, paired=True)
     dm = _datamodule(ctx, pairs)
     if source == "bias":
         pair, lr = BiasPair(ctx.model, SIDES), cfg.bias.lr  # biases train fully, with their own LR (paper §1)
