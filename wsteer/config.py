@@ -50,6 +50,7 @@ def _optional(check):
 # (config path, check, what it must be, an example of a good value)
 CHECKS = (
     ("seed", _int_at_least(0), "a non-negative integer", "seed=0"),
+    ("data_seed", _int_at_least(0), "a non-negative integer", "data_seed=0"),
     ("sampling.n_samples", _int_at_least(1), "a positive integer", "sampling.n_samples=2"),
     ("sampling.batch_size", _int_at_least(1), "a positive integer", "sampling.batch_size=50"),
     ("sampling.max_new_tokens", _int_at_least(1), "a positive integer", "sampling.max_new_tokens=80"),

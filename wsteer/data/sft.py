@@ -147,7 +147,7 @@ class PairedDataModule(L.LightningDataModule):
         if shuffle and self.group_by_length:
             sampler = LengthGroupedSampler([len(r["input_ids"]) for r in rows], self.batch_size, seed=self.seed)
             return DataLoader(rows, batch_sampler=sampler, collate_fn=lambda b: collate(b, self.pad_id))
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator().manual_seed(self.seed)  # the training seed sets the batch order
         return DataLoader(rows, batch_size=self.batch_size, shuffle=shuffle, generator=g,
                           collate_fn=lambda b: collate(b, self.pad_id))
 
