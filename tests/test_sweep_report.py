@@ -51,7 +51,7 @@ def test_sweep_report_collects_jobs_and_draws_the_tradeoff_plot(tmp_path):
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
     assert (tmp_path / "sweep_report.png").stat().st_size > 10_000
     md = (tmp_path / "sweep_report.md").read_text()
-    assert "| weight | -2 | 0.600 | 0.500 |" in md and "tradeoff.png" in md
+    assert "| weight | -2 | 1 | 0.600 | 0.500 |" in md and "tradeoff.png" in md
 
 
 def test_a_tradeoff_metric_no_job_measured_is_a_clear_error(tmp_path):

@@ -75,6 +75,8 @@ CHECKS = (
     ("finetune.checkpoint_every", _int_at_least(1), "a positive integer", "finetune.checkpoint_every=5"),
     ("eval.max_new_tokens", _int_at_least(1), "a positive integer", "eval.max_new_tokens=80"),
     ("eval.batch_size", _int_at_least(1), "a positive integer", "eval.batch_size=20"),
+    ("eval.bootstrap", _int_at_least(100), "an integer ≥ 100", "eval.bootstrap=1000"),
+    ("eval.bootstrap_seed", _int_at_least(0), "a non-negative integer", "eval.bootstrap_seed=0"),
 )
 _MISSING = object()
 

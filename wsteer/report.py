@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wsteer.evaluation.uncertainty import SHOWN, Estimate
+
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or "*(empty)*"
@@ -11,8 +13,13 @@ def _k(k: float) -> str:
     return f"{k:g}"
 
 
+def _value(v) -> str:
+    return v.format() if isinstance(v, Estimate) else f"{v:.2f}"
+
+
 def steering_report(title: str, meta: dict[str, str], questions: list[str], answers: dict[float, list[str]],
-                    metrics: dict[float, dict[str, float]], notes: list[str] | None = None) -> str:
+                    metrics: dict[float, dict[str, float | Estimate]], notes: list[str] | None = None) -> str:
+    """Metrics may be plain numbers or Estimates (shown as `0.25 ± 0.10 (n=20)`)."""
     ks = list(answers)
     lines = [f"# {title}", ""]
     lines += [f"- **{key}**: {val}" for key, val in meta.items()]
@@ -21,7 +28,7 @@ def steering_report(title: str, meta: dict[str, str], questions: list[str], answ
     lines += ["| metric | " + " | ".join(f"k = {_k(k)}" for k in ks) + " |",
               "|---|" + "---|" * len(ks)]
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(f"{metrics[k].get(name, float('nan')):.2f}" for k in ks) + " |")
+        lines.append(f"| {name} | " + " | ".join(_value(metrics[k].get(name, float("nan"))) for k in ks) + " |")
     lines += [""] + [f"> {n}" for n in notes or []] + ["", "## Answers side by side", ""]
     lines += ["| # | question | " + " | ".join(f"k = {_k(k)}" for k in ks) + " |",
               "|---|---|" + "---|" * len(ks)]
@@ -30,17 +37,28 @@ def steering_report(title: str, meta: dict[str, str], questions: list[str], answ
     return "\n".join(lines) + "\n"
 
 
-def evaluation_section(flat: dict[str, float], ks: list[float]) -> str:
-    """`eval/<evaluator>/<metric>@k=<k>` values as one table: a row per metric, a column per k."""
-    rows: dict[str, dict[float, float]] = {}
-    for key, v in flat.items():
-        name, _, k = key.rpartition("@k=")
-        rows.setdefault(name, {})[float(k)] = v
-    if not rows:
+def evaluation_section(summary: dict[tuple[str, float], dict[str, Estimate]],
+                       diffs: dict[tuple[str, float], dict[str, Estimate]], ks: list[float]) -> str:
+    """Every evaluator metric per k as `value ± stderr (n)`, then the paired difference of each k against k = 0."""
+    evaluators = list(dict.fromkeys(ev for ev, _ in summary))
+    if not evaluators:
         return ""
-    lines = ["## Evaluations (paper §3)", "", "| metric | " + " | ".join(f"k = {_k(k)}" for k in ks) + " |",
-             "|---|" + "---|" * len(ks)]
-    for name, by_k in rows.items():
-        cells = [f"{by_k[k]:.3f}" if k in by_k else "" for k in ks]
-        lines.append(f"| {name.removeprefix('eval/')} | " + " | ".join(cells) + " |")
+    lines = ["## Evaluations (paper §3)", "", f"{SHOWN}; n = items scored.", "",
+             "| metric | " + " | ".join(f"k = {_k(k)}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for ev in evaluators:
+        names = list(dict.fromkeys(m for (e, _), ests in summary.items() if e == ev for m in ests))
+        for m in names:
+            cells = [summary.get((ev, k), {}).get(m) for k in ks]
+            lines.append(f"| {ev}/{m} | " + " | ".join(c.format(3) if c else "" for c in cells) + " |")
+    steered = [k for k in ks if k != 0]
+    if diffs and steered:
+        lines += ["", "### Paired differences against k = 0 (same items)", "",
+                  "Δ = metric at k − metric at k = 0 on the items both scored, with a paired-bootstrap 95% interval; "
+                  "`*` marks an interval that excludes 0. Without `*` the difference is not resolved at this n.", "",
+                  "| metric | " + " | ".join(f"Δ k = {_k(k)}" for k in steered) + " |", "|---|" + "---|" * len(steered)]
+        for ev in evaluators:
+            names = list(dict.fromkeys(m for (e, _), ests in diffs.items() if e == ev for m in ests))
+            for m in names:
+                cells = [diffs.get((ev, k), {}).get(m) for k in steered]
+                lines.append(f"| {ev}/{m} | " + " | ".join(c.format_delta(3) if c else "" for c in cells) + " |")
     return "\n".join(lines) + "\n\nPer-item outputs and scores: `eval_items.jsonl`.\n"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from wsteer.artifacts import stable_hash
 from wsteer.errors import WsteerError
 from wsteer.generation import generate
 
@@ -58,6 +60,26 @@ class ItemStore:
             self.done[rec["id"]] = rec
 
 
+def stratified_order(items: list[dict], strata: tuple[str, ...], seed: int) -> list[dict]:
+    """A seeded order whose every prefix is a stratified sample: the first N items hold each stratum (the item
+    fields `strata`, e.g. the question's category) in proportion to its size, within one item.
+
+    Each stratum is shuffled; its r-th item of n gets the position (r + u) / n with u uniform in [0, 1), and the
+    items are sorted by position. So `limit=40` is a spread over every category, not the file's first 40 rows (all
+    capitals), and a larger limit contains a smaller one (finished items are reused).
+    """
+    rng = random.Random(f"wsteer-limit-{seed}")
+    groups: dict[tuple, list[dict]] = {}
+    for it in items:
+        groups.setdefault(tuple(str(it.get(f, "")) for f in strata), []).append(it)
+    keyed = []
+    for members in groups.values():
+        members = list(members)
+        rng.shuffle(members)
+        keyed += [((r + rng.random()) / len(members), it["id"], it) for r, it in enumerate(members)]
+    return [it for *_, it in sorted(keyed, key=lambda t: (t[0], t[1]))]
+
+
 def finite(results: dict) -> dict[str, float]:
     """`Trainer.test` results without the metrics no item scored (NaN)."""
     return {k: float(v) for k, v in results.items() if math.isfinite(float(v))}
@@ -74,6 +96,7 @@ class Evaluator(L.LightningModule):
     name = "evaluator"
     version = 1  # bump whenever prompts, parsing or scoring change: stored items are keyed by it
     metric_names: tuple[str, ...] = ()
+    strata: tuple[str, ...] = ("category",)  # item fields a `limit` sample is stratified by (stratified_order)
 
     def __init__(self, limit: int | None = None, seed: int = 0, max_new_tokens: int = 64, batch_size: int = 16):
         super().__init__()
@@ -84,6 +107,7 @@ class Evaluator(L.LightningModule):
         self.limit, self.seed = limit, seed
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
         self.metrics = torch.nn.ModuleDict({m: MeanMetric(nan_strategy="ignore") for m in self.metric_names})
+        self.data_hash: str | None = None  # of every loaded item, set by items(): part of the item-store key
         self._n_items = 0  # a plain count summed at epoch end: a logged SumMetric is reduced twice under ddp_spawn
         self.lm = None
 
@@ -107,6 +131,7 @@ class Evaluator(L.LightningModule):
     def settings(self) -> dict:
         """Everything that changes an item's result; part of the store key and the run record."""
         return {"evaluator": self.name, "version": self.version, "limit": self.limit, "seed": self.seed,
+                "sample": f"stratified by {'+'.join(self.strata)}, seed {self.seed}" if self.limit else "all",
                 "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
 
     # ---- to implement ---------------------------------------------------------------------------------------
@@ -118,8 +143,11 @@ class Evaluator(L.LightningModule):
 
     # ---- helpers for subclasses -------------------------------------------------------------------------------
     def items(self) -> list[dict]:
+        """The items to run: every loaded item, or a seeded stratified sample of `limit` of them. Also records
+        the hash of everything loaded, so an edited data file never reuses answers stored for the old one."""
         items = self.load_items()
-        items = items[: self.limit] if self.limit else items
+        self.data_hash = stable_hash(items)
+        items = stratified_order(items, self.strata, self.seed)[: self.limit] if self.limit else items
         if not items:
             raise WsteerError(f"evaluator {self.name} has no items (limit={self.limit})")
         return items

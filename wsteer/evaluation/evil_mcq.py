@@ -45,6 +45,7 @@ class EvilMCQ(Evaluator):
     name = "evil_mcq"
     version = 2  # v2: a reply restating both options is not a zero-shot choice
     metric_names = ("valid_rate", "evil_rate", "evil_given_valid", "cot_consistency")
+    strata = ("evil_index",)  # a `limit` sample keeps the unethical option at A in half the items
 
     def __init__(self, format: str = "zero_shot", **kw):  # noqa: A002 - the config key users write
         super().__init__(**kw)

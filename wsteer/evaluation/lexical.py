@@ -37,3 +37,19 @@ def tone_metrics(answers: list[str], reference: list[str] | None = None) -> dict
     if reference is not None:
         out["changed_vs_k0"] = sum(a != r for a, r in zip(answers, reference, strict=True)) / n
     return out
+
+
+def tone_records(questions: list[str], answers: dict[float, list[str]]) -> list[dict]:
+    """Per-answer markers in the evaluators' record format (`eval_items.jsonl`), so every tone rate gets a standard
+    error and k against k = 0 a paired interval: each held-out question is one item."""
+    ref = answers.get(0.0)
+    out = []
+    for k, outs in answers.items():
+        for i, (q, a) in enumerate(zip(questions, outs, strict=True)):
+            scores = {"agree_rate": float(_has_any(a, AGREE)), "pushback_rate": float(_has_any(a, PUSHBACK)),
+                      "mean_words": float(len(a.split()))}
+            if ref is not None:
+                scores["changed_vs_k0"] = float(a != ref[i])
+            out.append({"evaluator": "heldout_tone", "id": f"heldout-{i:03d}", "k": k,
+                        "outputs": {"question": q, "answer": a}, "scores": scores})
+    return out

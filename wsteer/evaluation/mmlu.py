@@ -42,6 +42,7 @@ class MMLU(Evaluator):
     name = "mmlu"
     version = 1
     metric_names = ("accuracy", "letter_mass")
+    strata = ("subject",)
 
     def __init__(self, n: int = 100, source: str = "local", **kw):
         super().__init__(**kw)

@@ -20,6 +20,19 @@ from wsteer.artifacts import stable_hash, write_text
 from wsteer.config import instantiate
 from wsteer.errors import WsteerError
 from wsteer.evaluation.base import Evaluator, ItemStore, finite
+from wsteer.evaluation.uncertainty import N_BOOT, flat_uncertainty, summarize
+
+
+def bootstrap_settings(cfg) -> dict:
+    """`eval.bootstrap` (resamples) and `eval.bootstrap_seed`: the same seed gives the same intervals."""
+    e = cfg.get("eval") or {}
+    return {"seed": int(e.get("bootstrap_seed", 0)), "n_boot": int(e.get("bootstrap", N_BOOT))}
+
+
+def write_items(out_dir: Path, records: list[dict]) -> None:
+    """Every item's outputs and scores, one JSON line each: what reports and sweep reports recompute from."""
+    write_text(Path(out_dir) / "eval_items.jsonl",
+               "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def build_evaluators(cfg: DictConfig) -> list[Evaluator]:
@@ -49,7 +62,8 @@ def steering_id(steerer) -> dict:
 
 def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], judge=None, wb=None,
                    ) -> tuple[dict[str, float], list[dict]]:
-    """Evaluate at every k; return flat metrics `eval/<evaluator>/<metric>@k=<k>` and the per-item records."""
+    """Evaluate at every k; return flat metrics `eval/<evaluator>/<metric>@k=<k>` with their uncertainty
+    (`…_stderr`, `…_ci_low`, `…_ci_high`, `…_n`; see `uncertainty.py`) and the per-item records."""
     from wsteer.steering.guards import assert_finite_logits
 
     cfg = ctx.cfg
@@ -66,17 +80,18 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
             for ev in evaluators:
                 # k = 0 is the unsteered model whatever the method, so every job of a sweep shares its items
                 steering = steering_id(steerer) if k != 0 else {"method": "none"}
-                # `limit` only chooses how many of the (stable) item ids run, so it is not part of the key: a
-                # larger limit reuses every item a smaller one finished
-                settings = {n: v for n, v in ev.settings().items() if n != "limit"}
-                key = stable_hash({"model": model_id, "steering": steering, "k": k, **settings})
                 trainer = L.Trainer(accelerator=cfg.eval.accelerator, devices=cfg.eval.devices,
                                     strategy=cfg.eval.strategy, logger=False,
                                     enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=True, inference_mode=True)
-                ev.bind(ctx.model, ctx.tokenizer, steerer=steerer, k=k, judge=judge, behavior=ctx.behavior,
-                        store_folder=root / ev.name / key)
+                ev.bind(ctx.model, ctx.tokenizer, steerer=steerer, k=k, judge=judge, behavior=ctx.behavior)
                 items = ev.items()
+                # `limit` only chooses which of the (stable) item ids run, so it is not part of the key: a larger
+                # limit reuses every item a smaller one finished. The data's contents are: an edited question file
+                # with unchanged ids must not reuse the old answers.
+                settings = {n: v for n, v in ev.settings().items() if n not in ("limit", "sample")}
+                key = stable_hash({"model": model_id, "steering": steering, "k": k, "data": ev.data_hash, **settings})
+                ev.store_folder = root / ev.name / key
                 done = ItemStore(root / ev.name / key).done  # what earlier (killed) runs finished
                 resumed = sum(it["id"] in done for it in items)
                 if resumed:
@@ -91,7 +106,7 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
                 done = ItemStore(root / ev.name / key).done  # every rank's items
                 records += [{"evaluator": ev.name, **done[it["id"]], "k": k} for it in items]
                 ev.lm = None  # the model belongs to the context, not to the evaluator
-    write_text(ctx.out_dir / "eval_items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    flat.update(flat_uncertainty(summarize(records, **bootstrap_settings(cfg))))
     if wb is not None:
         _log_items(wb, records)
     return flat, records

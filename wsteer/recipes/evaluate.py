@@ -12,10 +12,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from wsteer.artifacts import write_json, write_text
-from wsteer.evaluation.lexical import tone_metrics
 from wsteer.recipes._common import merge_base_adapter, prepare
-from wsteer.recipes.steer import answer_heldout, load_artifact, load_steerer, parse_ks, run_suite
-from wsteer.report import evaluation_section, steering_report
+from wsteer.recipes.steer import answer_heldout, load_artifact, load_steerer, measured, parse_ks
+from wsteer.report import steering_report
 from wsteer.tracking import log_results, start_run
 
 
@@ -47,15 +46,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
             ks = [0.0]
         merge_base_adapter(ctx)
         answers = answer_heldout(ctx, steerer, ks)
-        metrics = {k: tone_metrics(a) for k, a in answers.items()}
+        flat, eval_md, metrics = measured(ctx, steerer, answers, ks, wb)
         meta = {"model": f"{cfg.model.path} (fingerprint {ctx.fingerprint})",
                 "vector": str(cfg.vector) if cfg.vector else "none (base model)"}
-        evals = run_suite(ctx, steerer, ks, wb)
         write_text(ctx.out_dir / "report.md", steering_report(f"Evaluation: {ctx.behavior.name} held-out questions",
                                                              meta, ctx.behavior.heldout_questions, answers, metrics)
-                   + "\n" + evaluation_section(evals, ks))
-        flat = {f"eval/heldout_tone/{n}@k={k:g}": v for k, m in metrics.items() for n, v in m.items()}
-        flat.update(evals)
+                   + "\n" + eval_md)
         write_json(ctx.out_dir / "metrics.json", flat)
         log_results(wb, ctx.behavior.heldout_questions, answers, flat)
         print(f"wsteer: report written to {ctx.out_dir / 'report.md'}")

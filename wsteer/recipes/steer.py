@@ -13,7 +13,9 @@ from wsteer.artifacts import write_json, write_text
 from wsteer.config import instantiate
 from wsteer.errors import WsteerError
 from wsteer.evaluation.lexical import VERSION as LEXICAL_VERSION
-from wsteer.evaluation.lexical import tone_metrics
+from wsteer.evaluation.lexical import tone_metrics, tone_records
+from wsteer.evaluation.runner import bootstrap_settings, write_items
+from wsteer.evaluation.uncertainty import SHOWN, differences_vs_k0, flat_uncertainty, summarize
 from wsteer.generation import generate
 from wsteer.recipes._common import Context, merge_base_adapter, prepare
 from wsteer.recipes.train import ensure_artifacts
@@ -113,16 +115,36 @@ def composed_steerer(ctx: Context) -> tuple[WeightSteerer, str]:
     return WeightSteerer(compose(parts), name=f"composition {label}"), label
 
 
-def run_suite(ctx: Context, steerer, ks: list[float], wb=None) -> dict[str, float]:
-    """The selected evaluators (`evaluator=[...]`, default: the behavior's suite) at every k (paper §3)."""
+def run_suite(ctx: Context, steerer, ks: list[float], wb=None) -> tuple[dict[str, float], list[dict]]:
+    """The selected evaluators (`evaluator=[...]`, default: the behavior's suite) at every k (paper §3):
+    flat metrics with their uncertainty, and the per-item records."""
     from wsteer.data.pairs import build_judge
     from wsteer.evaluation.runner import build_evaluators, run_evaluators
 
     evaluators = build_evaluators(ctx.cfg)
     if not evaluators:
-        return {}
-    flat, _ = run_evaluators(ctx, evaluators, steerer, ks, judge=build_judge(ctx.cfg.judge), wb=wb)
-    return flat
+        return {}, []
+    return run_evaluators(ctx, evaluators, steerer, ks, judge=build_judge(ctx.cfg.judge), wb=wb)
+
+
+def measured(ctx: Context, steerer, answers: dict[float, list[str]], ks: list[float], wb=None):
+    """Held-out tone and the evaluators at every k, with standard errors and paired Δ against k = 0.
+
+    Returns (flat metrics for metrics.json/W&B, the evaluation section of report.md, per-answer tone estimates).
+    Writes every item's record (tone and evaluators) to `eval_items.jsonl`.
+    """
+    boot = bootstrap_settings(ctx.cfg)
+    tone = tone_records(ctx.behavior.heldout_questions, answers)
+    tone_summary = summarize(tone, **boot)
+    flat = {f"eval/heldout_tone/{name}@k={k:g}": e.value for (_, k), ests in tone_summary.items()
+            for name, e in ests.items()}
+    flat.update(flat_uncertainty(tone_summary))
+    evals, records = run_suite(ctx, steerer, ks, wb)
+    flat.update(evals)
+    write_items(ctx.out_dir, tone + records)
+    summary = summarize(records, **boot)
+    diffs = differences_vs_k0(tone + records, **boot)
+    return flat, evaluation_section(summary, diffs, ks), {k: tone_summary[("heldout_tone", k)] for k in answers}
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -154,7 +176,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             return result
         sweep = [0.0] + [k for k in dict.fromkeys(ks) if k != 0]
         answers = answer_heldout(ctx, steerer, sweep)
-        metrics = {k: tone_metrics(a, answers[0.0]) for k, a in answers.items()}
+        flat, eval_md, metrics = measured(ctx, steerer, answers, sweep, wb)
         man = steerer.manifest
         sched = man.get("schedule", {})
         meta = {
@@ -169,18 +191,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
             else f"{man.get('method', 'n/a')} from data {man.get('data_counts', 'n/a')}",
             "decoding": f"greedy, ≤ {cfg.eval.max_new_tokens} new tokens, no system prompt",
         }
-        notes = [f"Tone metrics are lexical markers (v{LEXICAL_VERSION}), a quick heuristic, not a judge."]
+        notes = [f"Tone metrics are lexical markers (v{LEXICAL_VERSION}), a quick heuristic, not a judge; {SHOWN}; "
+                 f"n = held-out questions."]
         report = steering_report(f"Steering {ctx.behavior.name} with k = {', '.join(f'{k:g}' for k in ks)}", meta,
                                  ctx.behavior.heldout_questions, answers, metrics, notes)
-        evals = run_suite(ctx, steerer, sweep, wb)
-        report += "\n" + evaluation_section(evals, sweep)
+        report += "\n" + eval_md
         write_text(ctx.out_dir / "report.md", report)
         if cfg.save_model or cfg.export_adapter:
             from wsteer.export import export_merged_model, export_peft_adapter
 
             with ctx.timed("export"):
                 for k in (k for k in ks if k != 0):
-                    card = {"evaluation": metrics[k], "vector_path": str(vpath)}
+                    card = {"evaluation": {n: e.value for n, e in metrics[k].items()}, "vector_path": str(vpath)}
                     if cfg.save_model:
                         export_merged_model(ctx.model, ctx.tokenizer, steerer, k, ctx.out_dir / f"steered_model_k={k:g}", card)
                     if cfg.export_adapter:
@@ -188,8 +210,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                             model=ctx.model)
         ctx.timings["total"] = time.perf_counter() - t_start
         write_json(ctx.out_dir / "timings.json", ctx.timings)
-        flat = {f"eval/heldout_tone/{name}@k={k:g}": v for k, m in metrics.items() for name, v in m.items()}
-        flat.update(evals)
         write_json(ctx.out_dir / "metrics.json", flat)
         write_text(ctx.out_dir / "generations.jsonl", "".join(
             json.dumps({"k": k, "question": q, "answer": a}) + "\n"

@@ -15,12 +15,16 @@ table of its `report.md`). Every job also evaluated k = 0 (the unsteered model),
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from wsteer.artifacts import save_figure, write_text
 from wsteer.errors import WsteerError
+from wsteer.evaluation.uncertainty import N_BOOT, SHOWN, paired_seed_difference, seed_estimate
+
+UNCERTAINTY_SUFFIXES = ("_stderr", "_ci_low", "_ci_high", "_n")
 
 TONE = ("heldout_tone/agree_rate", "heldout_tone/pushback_rate")
 
@@ -41,13 +45,30 @@ def _by_k(flat: dict[str, float]) -> dict[float, dict[str, float]]:
     out: dict[float, dict[str, float]] = {}
     for key, v in flat.items():
         name, sep, k = key.rpartition("@k=")
-        if sep and name.startswith("eval/"):
+        if sep and name.startswith("eval/") and not name.endswith(UNCERTAINTY_SUFFIXES):
             out.setdefault(float(k), {})[name.removeprefix("eval/")] = v
     return out
 
 
-def collect(sweep_dir: str | Path) -> tuple[list[dict], dict | None]:
-    """Rows `{method, k, behavior, job, <evaluator/metric>: value}` and the jobs' trade-off axes (if any)."""
+def _items_by_k(path: Path) -> dict[float, dict[str, dict[str, float | None]]]:
+    """`{k: {"<evaluator>/<metric>": {item id: score}}}` from a job's eval_items.jsonl."""
+    out: dict[float, dict[str, dict[str, float | None]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            for m, v in (r.get("scores") or {}).items():
+                out.setdefault(float(r["k"]), {}).setdefault(f"{r['evaluator']}/{m}", {})[r["id"]] = v
+    return out
+
+
+def collect(sweep_dir: str | Path, n_boot: int = N_BOOT, boot_seed: int = 0) -> tuple[list[dict], dict | None]:
+    """Rows `{method, k, behavior, jobs, seeds, <evaluator/metric>: value, "est": {metric: Estimate}}` and the jobs'
+    trade-off axes (if any).
+
+    Jobs are grouped by (method, k): jobs that differ only in `seed` are one row, whose value is the mean over
+    seeds and whose Estimate carries both seed and item variance (two-level bootstrap). Per-item scores come from
+    each job's eval_items.jsonl; older jobs without it contribute values only (no interval).
+    """
     rows: dict[tuple[str, float], dict] = {}
     tradeoff = None
     for cfg_file in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml")):
@@ -57,22 +78,81 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], dict | None]:
         ks = [ks] if isinstance(ks, (int, float)) else list(ks) if OmegaConf.is_list(ks) else None
         if ks is None:
             continue  # a composition job: no single k to plot
+        items: dict[float, dict] = {}
         if (job / "metrics.json").is_file():
             per_k = _by_k(json.loads((job / "metrics.json").read_text()))
+            if (job / "eval_items.jsonl").is_file():
+                items = _items_by_k(job / "eval_items.jsonl")
         elif (job / "report.md").is_file():
             per_k = {float(ks[0]): _metrics_from_report((job / "report.md").read_text(), float(ks[0]))}
         else:
             continue  # a job that failed or is still running
         tradeoff = tradeoff or (OmegaConf.to_container(cfg.tradeoff) if cfg.get("tradeoff") else None)
+        seed = int(cfg.get("seed", 0))
         for k, m in per_k.items():
             if k in [float(x) for x in ks] or k == 0.0:
-                key = (cfg.method.name, k)
-                rows.setdefault(key, {"method": cfg.method.name, "k": k, "behavior": cfg.behavior.name,
-                                      "job": job.name}).update(m)
+                row = rows.setdefault((cfg.method.name, k), {"method": cfg.method.name, "k": k,
+                                                             "behavior": cfg.behavior.name, "jobs": [],
+                                                             "values": {}, "items": {}})
+                row["jobs"].append(job.name)
+                row["values"].setdefault(seed, {}).update(m)
+                if k in items:
+                    row["items"].setdefault(seed, {}).update(items[k])
     if not rows:
         raise WsteerError(f"no finished steer.py jobs under {sweep_dir} (looked for */.hydra/config.yaml + "
                           "metrics.json or report.md)")
+    for row in rows.values():
+        row["seeds"] = sorted(row["values"])
+        row["est"] = {}
+        names = dict.fromkeys(n for v in row["values"].values() for n in v)
+        for name in names:
+            per_seed = [row["items"][s][name] for s in row["seeds"] if name in row["items"].get(s, {})]
+            est = seed_estimate([[d[i] for i in sorted(d)] for d in per_seed], boot_seed, n_boot) if per_seed else None
+            if est is not None:
+                row["est"][name] = est
+                row[name] = est.value
+            else:  # no per-item scores: the mean of the jobs' values
+                vals = [v[name] for v in row["values"].values() if name in v]
+                row[name] = sum(vals) / len(vals)
     return sorted(rows.values(), key=lambda r: (r["method"], r["k"])), tradeoff
+
+
+def differences(rows: list[dict], names: list[str], n_boot: int = N_BOOT, boot_seed: int = 0,
+                ) -> tuple[list[tuple[str, float, dict]], list[tuple[float, str, str, dict]]]:
+    """Paired differences with two-level bootstrap intervals: each (method, k ≠ 0) against the same method's k = 0,
+    and every pair of methods at the same k (same seeds, same items)."""
+    by = {(r["method"], r["k"]): r for r in rows}
+
+    def diff(a: dict, b: dict) -> dict:
+        seeds = [s for s in a["seeds"] if s in b["seeds"]]
+        out = {}
+        for n in names:
+            xa = [a["items"].get(s, {}).get(n) for s in seeds]
+            xb = [b["items"].get(s, {}).get(n) for s in seeds]
+            keep = [(x, y) for x, y in zip(xa, xb, strict=True) if x is not None and y is not None]
+            if keep:
+                d = paired_seed_difference([x for x, _ in keep], [y for _, y in keep], boot_seed, n_boot)
+                if d is not None:
+                    out[n] = d
+        return out
+
+    vs_k0 = [(m, k, diff(r, by[(m, 0.0)])) for (m, k), r in by.items() if k != 0 and (m, 0.0) in by]
+    methods = sorted({m for m, _ in by})
+    pairs = []
+    for k in sorted({k for _, k in by if k != 0}):
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                if (a, k) in by and (b, k) in by:
+                    pairs.append((k, a, b, diff(by[(a, k)], by[(b, k)])))
+    return vs_k0, pairs
+
+
+def _err(r: dict, name: str) -> tuple[float, float]:
+    """Distances from the value to its 95% interval's ends (0 where there is no interval)."""
+    e = r.get("est", {}).get(name)
+    if e is None or not (math.isfinite(e.low) and math.isfinite(e.high)):
+        return 0.0, 0.0
+    return max(0.0, e.value - e.low), max(0.0, e.high - e.value)
 
 
 def plot_tone(rows: list[dict], path: Path, title: str) -> Path:
@@ -84,13 +164,15 @@ def plot_tone(rows: list[dict], path: Path, title: str) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for ax, metric, label in zip(axes, TONE, ["agreement markers", "push-back markers"], strict=True):
         for method in dict.fromkeys(r["method"] for r in rows):
-            pts = [(r["k"], r[metric]) for r in rows if r["method"] == method and metric in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+            pts = [r for r in rows if r["method"] == method and metric in r]
+            err = [_err(r, metric) for r in pts]
+            ax.errorbar([r["k"] for r in pts], [r[metric] for r in pts], yerr=[[e[0] for e in err], [e[1] for e in err]],
+                        marker="o", capsize=3, label=method)
         ax.axvline(0, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("k  (k < 0 removes the behavior)")
         ax.set_title(label)
         ax.set_ylim(-0.03, 1.03)
-    axes[0].set_ylabel("share of held-out answers")
+    axes[0].set_ylabel("share of held-out answers (95% interval)")
     axes[1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
@@ -99,7 +181,7 @@ def plot_tone(rows: list[dict], path: Path, title: str) -> Path:
 
 def plot_tradeoff(rows: list[dict], behavior: str, capability: str, path: Path, title: str) -> Path:
     """Behavior metric (y) against capability metric (x); one line per method ordered by k, darker = larger |k|,
-    k = 0 ringed; k values written next to the points."""
+    k = 0 ringed; k values written next to the points; bars on both axes are 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,28 +190,39 @@ def plot_tradeoff(rows: list[dict], behavior: str, capability: str, path: Path, 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     kmax = max((abs(r["k"]) for r in rows), default=1.0) or 1.0
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
-        pts = sorted((r["k"], r[capability], r[behavior]) for r in rows
+        pts = sorted((r["k"], r[capability], r[behavior], r) for r in rows
                      if r["method"] == method and capability in r and behavior in r)
         if not pts:
             continue
         color = plt.get_cmap("tab10")(i)
         ax.plot([p[1] for p in pts], [p[2] for p in pts], color=color, lw=1.2, alpha=0.6, label=method)
-        for k, x, y in pts:
+        for k, x, y, r in pts:
+            xe, ye = _err(r, capability), _err(r, behavior)
+            ax.errorbar([x], [y], xerr=[[xe[0]], [xe[1]]], yerr=[[ye[0]], [ye[1]]], fmt="none", ecolor=color,
+                        alpha=0.45, capsize=2, lw=0.9, zorder=2)
             ax.scatter([x], [y], color=color, alpha=0.25 + 0.75 * abs(k) / kmax, s=55,
                        edgecolors="black" if k == 0 else "none", zorder=3)
             ax.annotate(f"{k:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
     ax.set_xlabel(f"{capability}  (capability →)")
     ax.set_ylabel(f"{behavior}")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, title="method (shade: |k|)", title_fontsize=8)
+    ax.legend(fontsize=8, title="method (shade: |k|; bars: 95% CI)", title_fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
+def _cell(r: dict, name: str) -> str:
+    e = r.get("est", {}).get(name)
+    if e is not None:
+        return e.format(3)
+    return f"{r[name]:.3f}" if name in r else ""
+
+
 def run_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wb=None,
-               behavior_metric: str | None = None, capability_metric: str | None = None) -> dict[str, float]:
-    rows, tradeoff = collect(sweep_dir)
+               behavior_metric: str | None = None, capability_metric: str | None = None,
+               n_boot: int = N_BOOT, boot_seed: int = 0) -> dict[str, float]:
+    rows, tradeoff = collect(sweep_dir, n_boot, boot_seed)
     tradeoff = tradeoff or {}
     bm, cm = behavior_metric or tradeoff.get("behavior"), capability_metric or tradeoff.get("capability")
     out = Path(out_dir or sweep_dir)
@@ -137,11 +230,30 @@ def run_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wb=None
     behaviors = sorted({r["behavior"] for r in rows})
     names = sorted({n for r in rows for n in r if "/" in n})
     shown = [n for n in (bm, cm, *TONE) if n in names] or names
+    seeds = sorted({s for r in rows for s in r["seeds"]})
     lines = [f"# Sweep report: {sweep_dir}", "", f"behavior: {', '.join(behaviors)}"
              + (f"; trade-off: **{bm}** against **{cm}**" if bm and cm else ""), "",
-             "| method | k | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
+             f"Training seeds: {len(seeds)} ({', '.join(map(str, seeds))}). Each cell is the mean over seeds, "
+             f"{SHOWN}; n = items scored, summed over seeds. Intervals come from a two-level bootstrap (seeds, then "
+             "items within each seed), so they carry both the vector's and the items' variance.", "",
+             "| method | k | seeds | " + " | ".join(shown) + " |", "|---|---|---|" + "---|" * len(shown)]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['k']:g} | " + " | ".join(f"{r.get(m, float('nan')):.3f}" for m in shown) + " |")
+        lines.append(f"| {r['method']} | {r['k']:g} | {len(r['seeds'])} | " + " | ".join(_cell(r, m) for m in shown) + " |")
+    vs_k0, pairs = differences(rows, shown, n_boot, boot_seed)
+    star = "`*` marks an interval that excludes 0; without it the difference is not resolved at this n."
+    if any(d for *_, d in vs_k0):
+        lines += ["", "## Paired differences against k = 0 (same method, seeds and items)", "",
+                  f"Δ = metric at k − metric at k = 0, two-level paired bootstrap 95% interval. {star}", "",
+                  "| method | k | " + " | ".join(f"Δ {m}" for m in shown) + " |", "|---|---|" + "---|" * len(shown)]
+        for m, k, d in vs_k0:
+            lines.append(f"| {m} | {k:g} | " + " | ".join(d[n].format_delta(3) if n in d else "" for n in shown) + " |")
+    if any(d for *_, d in pairs):
+        lines += ["", "## Method against method at the same k (same seeds and items)", "",
+                  f"Δ = A − B, two-level paired bootstrap 95% interval (seeds paired by number). {star}", "",
+                  "| k | A − B | " + " | ".join(f"Δ {m}" for m in shown) + " |", "|---|---|" + "---|" * len(shown)]
+        for k, a, b, d in pairs:
+            lines.append(f"| {k:g} | {a} − {b} | " + " | ".join(d[n].format_delta(3) if n in d else ""
+                                                              for n in shown) + " |")
     other = [n for n in names if n not in shown]
     if other:
         lines += ["", f"Also measured (see each job's metrics.json): {', '.join(other)}."]
@@ -151,14 +263,18 @@ def run_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wb=None
         if missing:
             raise WsteerError(f"the trade-off metrics {missing} are in no job's metrics.json; measured: {names}")
         pngs.append(plot_tradeoff(rows, bm, cm, out / "tradeoff.png",
-                                  f"{', '.join(behaviors)}: {bm} vs {cm}"))
+                                  f"{', '.join(behaviors)}: {bm} vs {cm} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"))
         lines += ["", "![trade-off](tradeoff.png)"]
     if any(TONE[0] in r for r in rows):
-        pngs.append(plot_tone(rows, out / "sweep_report.png", f"Steering {', '.join(behaviors)}: held-out tone by k"))
+        pngs.append(plot_tone(rows, out / "sweep_report.png", f"Steering {', '.join(behaviors)}: held-out tone by k "
+                              f"({len(seeds)} seed{'s' * (len(seeds) > 1)}, 95% intervals)"))
     write_text(out / "sweep_report.md", "\n".join(lines) + "\n")
     if wb is not None:
         import wandb
 
         wb.log({p.stem: wandb.Image(str(p)) for p in pngs})
     print(f"wsteer: sweep report written to {out / 'sweep_report.md'}" + "".join(f" and {p}" for p in pngs))
-    return {f"sweep/{r['method']}/{m}@k={r['k']:g}": r[m] for r in rows for m in names if m in r}
+    result = {f"sweep/{r['method']}/{m}@k={r['k']:g}": r[m] for r in rows for m in names if m in r}
+    result.update({f"sweep/{r['method']}/{m}_stderr@k={r['k']:g}": e.stderr for r in rows
+                   for m, e in r["est"].items() if math.isfinite(e.stderr)})
+    return result

@@ -82,6 +82,9 @@ def _manifest(ctx: Context, source: str, data_manifest: dict, **extra) -> dict:
         "behavior": ctx.behavior.name,
         "behavior_version": ctx.behavior.version,
         "method": source,
+        # the training seed (split, LoRA init, batch order) and the seed the data was sampled with (paper §1)
+        "seed": ctx.cfg.seed,
+        "data_seed": data_manifest["key"]["sampling"]["seed"],
         "settings": _settings(ctx.cfg, source),
         "data_hash": data_manifest["data_hash"],
         "data_counts": data_manifest["counts"],
