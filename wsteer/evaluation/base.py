@@ -97,6 +97,7 @@ class Evaluator(L.LightningModule):
     version = 1  # bump whenever prompts, parsing or scoring change: stored items are keyed by it
     metric_names: tuple[str, ...] = ()
     strata: tuple[str, ...] = ("category",)  # item fields a `limit` sample is stratified by (stratified_order)
+    relative_metrics: tuple[str, ...] = ()  # scores that compare an item with its own k = 0 record (relative_to_k0)
 
     def __init__(self, limit: int | None = None, seed: int = 0, max_new_tokens: int = 64, batch_size: int = 16):
         super().__init__()
@@ -159,6 +160,10 @@ class Evaluator(L.LightningModule):
         outs = generate(self.lm, self.tokenizer, messages, max_new_tokens=max_new_tokens or self.max_new_tokens,
                         batch_size=self.batch_size, progress=False)
         return [o["text"] for o in outs]
+
+    def relative_to_k0(self, record: dict, k0: dict) -> dict:
+        """Scores of `relative_metrics` for an item at some k given the same item's record at k = 0."""
+        return {}
 
     def judged(self) -> bool:
         return self.judge is not None and getattr(self.judge, "name", "none") not in ("none",)

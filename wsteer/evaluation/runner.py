@@ -106,10 +106,32 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
                 done = ItemStore(root / ev.name / key).done  # every rank's items
                 records += [{"evaluator": ev.name, **done[it["id"]], "k": k} for it in items]
                 ev.lm = None  # the model belongs to the context, not to the evaluator
+    _relative_to_k0(evaluators, records, flat)
     flat.update(flat_uncertainty(summarize(records, **bootstrap_settings(cfg))))
     if wb is not None:
         _log_items(wb, records)
     return flat, records
+
+
+def _relative_to_k0(evaluators: list[Evaluator], records: list[dict], flat: dict[str, float]) -> None:
+    """Add each evaluator's scores relative to k = 0 (same items at every k) to its records and to `flat`."""
+    for ev in evaluators:
+        if not ev.relative_metrics:
+            continue
+        mine = [r for r in records if r["evaluator"] == ev.name]
+        k0 = {r["id"]: r for r in mine if r["k"] == 0}
+        if not k0:
+            continue  # no k = 0 in this run: the relative metrics are absent
+        sums: dict[tuple[float, str], list[float]] = {}
+        for r in mine:
+            if r["id"] in k0:
+                extra = ev.relative_to_k0(r, k0[r["id"]])
+                r["scores"] = {**r["scores"], **extra}
+                for m, v in extra.items():
+                    if v is not None:
+                        sums.setdefault((r["k"], m), []).append(float(v))
+        for (k, m), vals in sums.items():
+            flat[f"eval/{ev.name}/{m}@k={k:g}"] = sum(vals) / len(vals)
 
 
 def _loader(items, batch_size):
