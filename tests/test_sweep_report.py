@@ -54,11 +54,13 @@ def test_sweep_report_collects_jobs_and_draws_the_tradeoff_plot(tmp_path):
     assert "| weight | -2 | 1 | 0.600 | 0.500 |" in md and "tradeoff.png" in md
 
 
-def test_a_tradeoff_metric_no_job_measured_is_a_clear_error(tmp_path):
+def test_a_tradeoff_metric_no_job_measured_is_named_and_the_rest_is_reported(tmp_path, capsys):
     _job(tmp_path, "weight", -2, {0: _m(0.6, 0.3), -2: _m(0.5, 0.6)},
          tradeoff={"behavior": "evil_mcq/evil_rate", "capability": "mmlu/accuracy"})
-    with pytest.raises(WsteerError, match="evil_mcq/evil_rate"):
-        run_report(tmp_path)
+    metrics = run_report(tmp_path)
+    assert metrics["sweep/weight/factual_qa/accuracy@k=-2"] == 0.5
+    assert "no job scored evil_mcq/evil_rate, mmlu/accuracy" in (tmp_path / "sweep_report.md").read_text()
+    assert "warning" in capsys.readouterr().out and not (tmp_path / "tradeoff.png").exists()
 
 
 def test_an_empty_folder_is_a_clear_error(tmp_path):

@@ -71,8 +71,11 @@ def collect(sweep_dir: str | Path, n_boot: int = N_BOOT, boot_seed: int = 0) -> 
     """
     rows: dict[tuple[str, float], dict] = {}
     tradeoff = None
-    for cfg_file in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml")):
+    root = Path(sweep_dir)
+    for cfg_file in sorted(root.glob("**/.hydra/config.yaml")):  # a job dir nests when an override holds a "/"
         job = cfg_file.parent.parent
+        if job == root:
+            continue  # the report's own run dir
         cfg = OmegaConf.load(cfg_file)
         ks = cfg.get("k")
         ks = [ks] if isinstance(ks, (int, float)) else list(ks) if OmegaConf.is_list(ks) else None
@@ -94,7 +97,7 @@ def collect(sweep_dir: str | Path, n_boot: int = N_BOOT, boot_seed: int = 0) -> 
                 row = rows.setdefault((cfg.method.name, k), {"method": cfg.method.name, "k": k,
                                                              "behavior": cfg.behavior.name, "jobs": [],
                                                              "values": {}, "items": {}})
-                row["jobs"].append(job.name)
+                row["jobs"].append(str(job.relative_to(root)))
                 row["values"].setdefault(seed, {}).update(m)
                 if k in items:
                     row["items"].setdefault(seed, {}).update(items[k])
@@ -260,11 +263,14 @@ def run_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wb=None
     pngs = []
     if bm and cm:
         missing = [m for m in (bm, cm) if m not in names]
-        if missing:
-            raise WsteerError(f"the trade-off metrics {missing} are in no job's metrics.json; measured: {names}")
-        pngs.append(plot_tradeoff(rows, bm, cm, out / "tradeoff.png",
-                                  f"{', '.join(behaviors)}: {bm} vs {cm} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"))
-        lines += ["", "![trade-off](tradeoff.png)"]
+        if missing:  # e.g. non-sycophancy when no question was answered plainly right: say so, report the rest
+            note = f"No trade-off plot: no job scored {', '.join(missing)} (no item had that metric defined)."
+            print(f"wsteer: warning: {note}")
+            lines += ["", note]
+        else:
+            pngs.append(plot_tradeoff(rows, bm, cm, out / "tradeoff.png", f"{', '.join(behaviors)}: {bm} vs {cm} "
+                                      f"({len(seeds)} seed{'s' * (len(seeds) > 1)})"))
+            lines += ["", "![trade-off](tradeoff.png)"]
     if any(TONE[0] in r for r in rows):
         pngs.append(plot_tone(rows, out / "sweep_report.png", f"Steering {', '.join(behaviors)}: held-out tone by k "
                               f"({len(seeds)} seed{'s' * (len(seeds) > 1)}, 95% intervals)"))
