@@ -129,17 +129,16 @@ def suite_pass(model, tok, weight, args) -> dict:
         (work / "out").mkdir(parents=True)
         ctx = Context(cfg, model, tok, "bench", Behavior.from_cfg(cfg.behavior), work / "out")
         evaluators = build_evaluators(cfg)
-        _, dt = timed(lambda: run_evaluators(ctx, evaluators, weight, [args.k]), args.device)
-        return dt, work, ctx
+        (_, records), dt = timed(lambda: run_evaluators(ctx, evaluators, weight, [args.k]), args.device)
+        return dt, records, ctx
 
     if args.device == "cuda":
         one_pass()  # untimed: compiles the suite's static-cache shapes, which would otherwise flatter the ratio
-    dt, work, ctx = one_pass()
-    # what ran: items per evaluator, from the records the pass wrote
+    dt, records, ctx = one_pass()
+    # what ran: items per evaluator, from the pass's records
     counts: dict[str, int] = {}
-    for line in (work / "out" / "eval_items.jsonl").read_text().splitlines():
-        name = line.split('"evaluator": "', 1)[1].split('"', 1)[0]
-        counts[name] = counts.get(name, 0) + 1
+    for r in records:
+        counts[r["evaluator"]] = counts.get(r["evaluator"], 0) + 1
     what = ", ".join(f"{n} {c} items" for n, c in counts.items())
     return {"seconds": dt, "what": what, "timings": dict(ctx.timings)}
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from wsteer.artifacts import save_figure, write_text
 from wsteer.errors import WsteerError
-from wsteer.evaluation.lexical import tone_metrics
+from wsteer.evaluation.lexical import tone_metrics, tone_records
+from wsteer.evaluation.uncertainty import SHOWN, summarize
 
 
 def parse_layers(spec, n_layers: int) -> list[int]:
@@ -31,22 +32,30 @@ def sweep_layers(ctx, steerer, ks: list[float], answer_fn, run=None) -> dict[str
     ks = [k for k in ks if k != 0] or [1.0]
     base = answer_fn(ctx, steerer, [0.0])[0.0]
     rows: dict[float, dict[int, dict[str, float]]] = {k: {} for k in ks}
+    errs: dict[float, dict[int, dict[str, float]]] = {k: {} for k in ks}
+    questions = ctx.behavior.heldout_questions
     for layer in layers:
         steerer.layer = layer
         answers = answer_fn(ctx, steerer, ks)
         for k in ks:
-            rows[k][layer] = tone_metrics(answers[k], base)
+            est = summarize(tone_records(questions, {0.0: base, k: answers[k]}))[("heldout_tone", k)]
+            rows[k][layer] = {n: e.value for n, e in est.items()}
+            errs[k][layer] = {n: e.stderr for n, e in est.items()}
     ref = tone_metrics(base)
     lines = ["# Activation steering layer sweep", "",
              f"k = {', '.join(f'{k:g}' for k in ks)}; k = 0: agree {ref['agree_rate']:.2f}, "
-             f"push-back {ref['pushback_rate']:.2f}. Metrics are lexical markers (a heuristic).", "",
+             f"push-back {ref['pushback_rate']:.2f}. Metrics are lexical markers (a heuristic) on "
+             f"n = {len(questions)} held-out questions; {SHOWN}. Rates that differ by less than about two standard "
+             "errors between layers are not resolved at this n.", "",
              "| k | layer | agree_rate | pushback_rate | changed_vs_k0 | mean_words |", "|---|---|---|---|---|---|"]
     for k in ks:
         for layer, m in rows[k].items():
-            lines.append(f"| {k:g} | {layer} | {m['agree_rate']:.2f} | {m['pushback_rate']:.2f} | "
-                         f"{m['changed_vs_k0']:.2f} | {m['mean_words']:.1f} |")
+            e = errs[k][layer]
+            lines.append(f"| {k:g} | {layer} | {m['agree_rate']:.2f} ± {e['agree_rate']:.2f} | "
+                         f"{m['pushback_rate']:.2f} ± {e['pushback_rate']:.2f} | "
+                         f"{m['changed_vs_k0']:.2f} ± {e['changed_vs_k0']:.2f} | {m['mean_words']:.1f} |")
     write_text(ctx.out_dir / "layer_sweep.md", "\n".join(lines) + "\n")
-    png = plot_sweep(rows, ref, ctx.out_dir / "layer_sweep.png", title=f"{ctx.behavior.name} · {ctx.cfg.model.name}")
+    png = plot_sweep(rows, ref, ctx.out_dir / "layer_sweep.png", errs=errs, title=f"{ctx.behavior.name} · {ctx.cfg.model.name}")
     if run is not None:
         import wandb
 
@@ -55,7 +64,8 @@ def sweep_layers(ctx, steerer, ks: list[float], answer_fn, run=None) -> dict[str
             for k, by_layer in rows.items() for layer, m in by_layer.items() for name, v in m.items()}
 
 
-def plot_sweep(rows, ref: dict[str, float], path: Path, title: str) -> Path:
+def plot_sweep(rows, ref: dict[str, float], path: Path, title: str, errs=None) -> Path:
+    """One panel per marker against layer; shaded bands are ±1.96 standard errors (when `errs` is given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +75,12 @@ def plot_sweep(rows, ref: dict[str, float], path: Path, title: str) -> Path:
     for ax, metric, label in zip(axes, ["agree_rate", "pushback_rate", "changed_vs_k0"],
                                  ["agreement markers", "push-back markers", "answers changed vs k = 0"], strict=True):
         for k, by_layer in rows.items():
-            ax.plot(list(by_layer), [m[metric] for m in by_layer.values()], marker="o", ms=3, label=f"k = {k:g}")
+            xs, ys = list(by_layer), [m[metric] for m in by_layer.values()]
+            (line,) = ax.plot(xs, ys, marker="o", ms=3, label=f"k = {k:g}")
+            if errs is not None:
+                half = [1.959963984540054 * errs[k][x][metric] for x in xs]
+                ax.fill_between(xs, [y - h for y, h in zip(ys, half, strict=True)],
+                                [y + h for y, h in zip(ys, half, strict=True)], color=line.get_color(), alpha=0.15)
         if metric in ref:
             ax.axhline(ref[metric], color="grey", ls="--", lw=1, label="k = 0")
         ax.set_title(label)
