@@ -36,6 +36,7 @@ class Behavior:
         missing = [k for k in required if not d.get(k)]
         if missing:
             raise WsteerError(f"behavior {d.get('name', '?')!r} is missing {', '.join(missing)} in conf/behavior/")
+        _check_types(d, required[1:])
         overlap = set(d["build_questions"]) & set(d["heldout_questions"])
         if overlap:
             raise WsteerError(
@@ -43,16 +44,31 @@ class Behavior:
                 f"{sorted(overlap)[0]!r}; held-out questions must never train the vector"
             )
         fixed = d.get("fixed_responses")
+        if fixed is not None and not isinstance(fixed, dict):
+            raise WsteerError(f"behavior {d['name']!r}: fixed_responses must map a side (pos/neg) to a list of texts, "
+                              f"got {type(fixed).__name__}; fix conf/behavior/{d['name']}.yaml")
         for side, texts in (fixed or {}).items():
+            _check_texts(d["name"], f"fixed_responses.{side}", texts)
             if side not in SIDES or len(texts) != len(d["build_questions"]):
                 raise WsteerError(f"behavior {d['name']!r}: fixed_responses.{side} needs one text per build question "
                                   f"({len(d['build_questions'])}), got {len(texts)}")
         demo = d.get("demonstration")
+        if demo is not None and not (isinstance(demo, dict) and all(isinstance(demo.get(k, ""), str)
+                                                                    for k in ("user", "pos", "neg"))):
+            raise WsteerError(f"behavior {d['name']!r}: demonstration must map user/pos/neg to texts; fix "
+                              f"conf/behavior/{d['name']}.yaml")
+        version = d.get("version", 1)
+        if isinstance(version, bool) or not (isinstance(version, int) or str(version).strip().isdigit()):
+            raise WsteerError(f"behavior {d['name']!r}: version must be an integer (e.g. version: 2), got "
+                              f"{version!r}; fix conf/behavior/{d['name']}.yaml")
+        if not isinstance(d.get("description", ""), str):
+            raise WsteerError(f"behavior {d['name']!r}: description must be a text, got "
+                              f"{type(d['description']).__name__}; fix conf/behavior/{d['name']}.yaml")
         if demo is not None and not (demo.get("user") and (demo.get("pos") or demo.get("neg"))):
             raise WsteerError(f"behavior {d['name']!r}: demonstration needs a user text and a pos and/or neg reply")
         return cls(
             name=d["name"],
-            version=int(d.get("version", 1)),
+            version=int(version),
             description=d.get("description", ""),
             pos_system_prompts=list(d["pos_system_prompts"]),
             neg_system_prompts=list(d["neg_system_prompts"]),
@@ -95,3 +111,24 @@ class Behavior:
     def prompts_hash(self) -> str:
         """Hash of everything in the behavior that shapes the sampled data."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_texts(name: str, key: str, value) -> None:
+    """`value` must be a list of non-empty strings (YAML turns `- 42`, `- yes` or `- null` into other types)."""
+    where = f"conf/behavior/{name}.yaml"
+    if not isinstance(value, (list, tuple)):
+        raise WsteerError(f"behavior {name!r}: {key} must be a list of texts, got {type(value).__name__} "
+                          f"{str(value)[:40]!r}; fix {where}")
+    for i, text in enumerate(value):
+        if not isinstance(text, str):
+            raise WsteerError(f"behavior {name!r}: {key}[{i}] is {text!r} ({type(text).__name__}), not a text; "
+                              f"quote it in {where} (e.g. - \"{text}\")")
+        if not text.strip():
+            raise WsteerError(f"behavior {name!r}: {key}[{i}] is empty; remove it from {where}")
+
+
+def _check_types(d: dict, keys: list[str]) -> None:
+    if not isinstance(d["name"], str):
+        raise WsteerError(f"behavior name must be a text, got {d['name']!r}; fix conf/behavior/")
+    for key in keys:
+        _check_texts(d["name"], key, d[key])

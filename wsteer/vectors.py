@@ -55,6 +55,12 @@ def _load(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict]:
     missing = [k for k in REQUIRED_MANIFEST if k not in manifest]
     if missing:
         raise WsteerError(f"{path}: manifest lacks {', '.join(missing)}; rebuild it with `python train.py`")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise WsteerError(f"{path} is an invalid vector: its tensor {name} holds {bad} NaN/inf value(s) of "
+                              f"{t.numel()}, so the vector file itself is unusable (a diverged training or a damaged "
+                              "file); rebuild it with `python train.py`")
     return tensors, manifest
 
 
@@ -92,6 +98,9 @@ class WeightVector:
         for name, (b, a) in self.factors.items():
             tensors[f"{name}::B"] = b
             tensors[f"{name}::A"] = a
+        # The manifest promises the modules the file holds, so a file that lost some is refused at load. Set on
+        # this vector too, so what is in memory and what a rerun loads describe themselves the same way.
+        self.manifest["modules"] = sorted(self.factors)
         return _save(tensors, self.manifest, self.FORMAT, path)
 
     @classmethod
@@ -104,6 +113,16 @@ class WeightVector:
                 if f"{name}::A" not in tensors:
                     raise WsteerError(f"{path}: factor A of {name} is missing; the file is incomplete — rebuild it")
                 factors[name] = (tensors[key], tensors[f"{name}::A"])
+        promised = manifest.get("modules")
+        if promised is not None:
+            if not isinstance(promised, list):
+                raise WsteerError(f"{path}: its manifest's modules entry is not a list; rebuild it with "
+                                  "`python train.py`")
+            lacking = sorted(set(promised) - set(factors))
+            if lacking:
+                raise WsteerError(f"{path}: its manifest promises {len(promised)} module(s) but the file holds factors "
+                                  f"for only {len(promised) - len(lacking)} of them (lacking e.g. {lacking[0]}); the "
+                                  "file is incomplete — rebuild it with `python train.py`")
         return cls(factors, manifest)
 
 

@@ -72,6 +72,52 @@ def _row(q: str, s_idx: int, sp: str, n: int, text: str, finished: bool) -> dict
     }
 
 
+def _progress_row(line: str) -> dict | None:
+    """One sampled answer from the progress file, or None if the line is not one (damaged, or foreign)."""
+    try:
+        r = json.loads(line)
+    except ValueError:
+        return None
+    ok = (isinstance(r, dict) and r.get("side") in SIDES and isinstance(r.get("question"), str)
+          and isinstance(r.get("response"), str) and isinstance(r.get("system_prompt"), str)
+          and all(isinstance(r.get(k), int) and not isinstance(r.get(k), bool)
+                  for k in ("system_prompt_index", "sample_index")))
+    return r if ok else None
+
+
+def _read_progress(progress_file: Path) -> dict[tuple, dict]:
+    """The answers a killed run left in `progress_file`, keyed by (side, question, prompt index, sample index).
+
+    A line cut off by a kill mid-write is dropped. A damaged line elsewhere (a disk error, two runs writing the
+    same file) is skipped with a warning naming the file and line; its answer is sampled again. Either way the
+    file is rewritten (atomically) without the bad lines, so the warning comes once and appends stay clean.
+    """
+    data = progress_file.read_bytes()
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    cut = bool(data) and not data.endswith(b"\n")  # the last line was cut by a kill mid-write
+    if cut:
+        lines = lines[:-1]
+    done: dict[tuple, dict] = {}
+    good, bad = [], []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        r = _progress_row(line)
+        if r is None:
+            bad.append(i)
+            continue
+        good.append(line)
+        done[(r["side"], r["question"], r["system_prompt_index"], r["sample_index"])] = r
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        print(f"wsteer: warning: {progress_file} line {bad[0]}{more} is not a sampled answer (damaged); skipping "
+              f"{len(bad)} line(s): those answers are sampled again")
+    if cut or bad:
+        with atomic_path(progress_file) as tmp:
+            tmp.write_text("".join(x + "\n" for x in good))
+    return done
+
+
 def sample_pairs(model, tokenizer, behavior: Behavior, sampling: DictConfig,
                  progress_file: Path | None = None) -> dict[str, list[dict]]:
     """Sample D⁺ and D⁻ rows with the target model itself, resuming from `progress_file` if given.
@@ -81,14 +127,7 @@ def sample_pairs(model, tokenizer, behavior: Behavior, sampling: DictConfig,
     """
     done: dict[tuple, dict] = {}
     if progress_file is not None and progress_file.is_file():
-        text = progress_file.read_text()
-        if text and not text.endswith("\n"):  # a line cut by a kill mid-write: drop it before appending
-            text = text[: text.rfind("\n") + 1]
-            with atomic_path(progress_file) as tmp:
-                tmp.write_text(text)
-        for line in text.splitlines():
-            r = json.loads(line)
-            done[(r["side"], r["question"], r["system_prompt_index"], r["sample_index"])] = r
+        done = _read_progress(progress_file)
     rows: dict[str, list[dict]] = {}
     todo: list[tuple[str, tuple]] = []
     for side in SIDES:
@@ -191,6 +230,12 @@ def candidate_folders(cfg: DictConfig, key: dict) -> list[Path]:
     return [shipped, cached]
 
 
+def _cache_note(judge) -> str:
+    """` (<what the verdict cache holds>)` for a judge that scored some answers unusably (else empty)."""
+    note = getattr(judge, "cache_note", None)
+    return f" ({note()})" if note is not None and getattr(judge, "unusable", 0) else ""
+
+
 def ensure_pairs(cfg: DictConfig, model, tokenizer, behavior: Behavior, fingerprint: str) -> tuple[DatasetDict, dict]:
     """Reuse a stored D±/manifest whose key matches, else sample (resumably), judge, filter and cache it."""
     judge = build_judge(cfg.judge)
@@ -226,11 +271,11 @@ def ensure_pairs(cfg: DictConfig, model, tokenizer, behavior: Behavior, fingerpr
                 f"{reasons['pos_unscored']}, neg {reasons['neg_unscored']} of {pairs_judged} pairs"
                 + (f"; a reply: {reply!r}" if reply else "") + "), so it kept too few pairs (kept "
                 f"{counts}). Use a judge model that follows the prompt, fix judge.prompts, or lower "
-                "judge.min_numeric_mass if it hedges between numbers")
+                "judge.min_numeric_mass if it hedges between numbers" + _cache_note(judge))
         raise WsteerError(
             f"judge {judge.name!r} kept too few pairs: raw {stats['raw']}, kept {counts} (need ≥ {min_kept} per "
             f"side; dropped: {stats['dropped_reasons']}). Raise sampling.n_samples, relax judge.thresholds, or "
-            "check the judge endpoint")
+            "check the judge endpoint" + _cache_note(judge))
     manifest = {"key": key, "model": cfg.model.path, "behavior_version": behavior.version, "judge": judge.describe(),
                 "filter": stats, "command": " ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]])}
     save_pairs(kept, cached, manifest)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from wsteer.errors import WsteerError
 from wsteer.evaluation.base import Evaluator
 from wsteer.generation import left_pad, render_prompt
 
 LETTERS = "ABCD"
+SOURCES = ("local", "tinymmlu_hub")
 
 
 def format_question(item: dict) -> str:
@@ -46,6 +48,13 @@ class MMLU(Evaluator):
 
     def __init__(self, n: int = 100, source: str = "local", **kw):
         super().__init__(**kw)
+        # checked here, when the evaluators are built before the model loads, not when the items are drawn
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise WsteerError(f"evaluator mmlu: n={n!r} must be a positive integer, the number of questions drawn "
+                              "(e.g. evaluator.mmlu.n=100), or null for all 14,042")
+        if source not in SOURCES:
+            raise WsteerError(f"evaluator mmlu: unknown source={source!r}; use evaluator.mmlu.source="
+                              f"{' or '.join(SOURCES)}")
         self.n, self.source = n, source
 
     def settings(self) -> dict:

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import threading
+import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
@@ -35,6 +36,14 @@ _INT = re.compile(r"(?<![\d.])(\d{1,3})(?![\d.])")
 
 class _Aborted(Exception):
     """Raised in worker threads once another request has failed for good."""
+
+
+class _DeadlineExceeded(Exception):
+    """A request (connect, send, and the whole reply) took longer than `judge.timeout` in total.
+
+    The HTTP client's own timeout bounds each read only, so a server that trickles its reply a byte at a time
+    would keep a request alive for ever; this bound is on the whole request.
+    """
 
 
 def resolve_prompts_path(prompts: str | os.PathLike | None) -> Path:
@@ -113,19 +122,46 @@ def score_from_text(text: str | None) -> float | None:
 
 
 def _top_logprobs(response) -> dict[str, float] | None:
-    """``{token: logprob}`` for the first generated token, or ``None`` if the response carries no logprobs."""
-    if not response.choices:
+    """``{token: logprob}`` for the first generated token, or ``None`` if the response carries no (well-formed)
+    logprobs."""
+    choices = getattr(response, "choices", None)
+    if not choices:
         return None
-    logprobs = getattr(response.choices[0], "logprobs", None)
+    logprobs = getattr(choices[0], "logprobs", None)
     content = getattr(logprobs, "content", None) if logprobs is not None else None
     if not content:
         return None
     first = content[0]
     top: dict[str, float] = {}
-    for entry in first.top_logprobs or [first]:  # no alternatives listed: the sampled token alone
-        # The same text can come back twice (different token ids); its probabilities add up.
-        top[entry.token] = math.log(math.exp(top.get(entry.token, -math.inf)) + math.exp(entry.logprob))
-    return top
+    try:
+        for entry in getattr(first, "top_logprobs", None) or [first]:  # no alternatives listed: the sampled token
+            # The same text can come back twice (different token ids); its probabilities add up.
+            top[entry.token] = math.log(math.exp(top.get(entry.token, -math.inf)) + math.exp(entry.logprob))
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None  # logprobs in a shape we cannot read: parse the text reply instead
+    return top or None
+
+
+def _reply_text(response, base_url: str) -> str:
+    """The text of a chat completion's first choice; a reply without ``choices[0].message`` is refused.
+
+    Such a reply (no ``choices``, an empty list, or the legacy completions schema with ``text``) is not a
+    chat completion at all: the endpoint is misconfigured, and no verdict is made from it (so none is cached).
+    """
+    choices = getattr(response, "choices", None)
+    message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
+    content = getattr(message, "content", "") if message is not None else None
+    if message is None or not (content is None or isinstance(content, str)):
+        shape = ("no choices" if not choices else "choices[0] has no message")
+        raise WsteerError(
+            f"judge endpoint {base_url} answered with something that is not a chat completion ({shape}); point "
+            "judge.base_url at an OpenAI-compatible chat-completions API root (…/v1); nothing was cached from it")
+    return content or ""
+
+
+def usable(verdict: Verdict | None) -> bool:
+    """A verdict with both scores. Anything less is never served from the cache (it is asked again)."""
+    return verdict is not None and verdict.trait is not None and verdict.coherence is not None
 
 
 def _is_openai_host(base_url: str) -> bool:
@@ -148,7 +184,7 @@ class OpenAIJudge(Judge):
             other endpoints get a placeholder (local servers ignore it).
         prompts: Prompt YAML: a path, a packaged name (``trait_coherence``), or ``None`` for the packaged default.
         max_concurrency: Requests in flight at once.
-        timeout: Seconds per HTTP request.
+        timeout: Seconds per HTTP request, for the whole request (a reply that trickles in slowly counts too).
         max_retries: Retries per request after a connection error, timeout, HTTP 429 or 5xx, with exponential
             backoff; when they are used up the judge raises `WsteerError`.
         cache_dir: Folder for the verdict cache (default ``$WSTEER_CACHE/verdicts``).
@@ -219,13 +255,21 @@ class OpenAIJudge(Judge):
         self.requests_made = 0
         # The last reply that carried no score, so that an error about unusable verdicts can quote one.
         self.last_unparsed: str | None = None
+        self.unusable = 0  # answers this judge could not score: never cached, asked again on the next run
 
     def __repr__(self) -> str:
         return (f"OpenAIJudge(name={self.name!r}, model={self.model!r}, base_url={self.base_url!r}, "
                 f"version={self.version!r})")
 
+    def cache_note(self) -> str:
+        """What the verdict cache holds after unusable verdicts, for error messages."""
+        return (f"{self.unusable} unusable verdict(s) were not cached, so rerunning the same command after fixing "
+                f"the judge asks for them again; the cache {self.cache.path} holds {len(self.cache)} scored "
+                "verdict(s), none unusable")
+
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
-        verdicts: list[Verdict | None] = [self.cache.get(it) for it in items]
+        # A cached verdict without both scores (written by an older wsteer) is a miss: it is asked again.
+        verdicts: list[Verdict | None] = [v if usable(v := self.cache.get(it)) else None for it in items]
         todo: dict[JudgeItem, list[int]] = {}  # identical answers are scored once
         for i, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
             if verdict is None:
@@ -256,7 +300,11 @@ class OpenAIJudge(Judge):
 
     def _score_and_store(self, item: JudgeItem) -> Verdict:
         verdict = Verdict(trait=self._ask(item, "trait"), coherence=self._ask(item, "coherence"))
-        self.cache.put(item, verdict)  # stored as soon as it exists, so a crash later loses nothing
+        if usable(verdict):
+            self.cache.put(item, verdict)  # stored as soon as it exists, so a crash later loses nothing
+        else:  # an endpoint answering empty or wordy replies must not poison the cache for when it is fixed
+            with self._count_lock:
+                self.unusable += 1
         return verdict
 
     def _ask(self, item: JudgeItem, which: str) -> float | None:
@@ -281,11 +329,78 @@ class OpenAIJudge(Judge):
                 f"judge endpoint {self.base_url} rejected a request for model {self.model!r} "
                 f"(HTTP 400: {e.message}); check judge.model and judge.prompts"
             ) from e
-        text = response.choices[0].message.content if response.choices else None
+        text = _reply_text(response, self.base_url)
         score = score_from_text(text)
         if score is None:
-            self.last_unparsed = (text or "")[:80]
+            self.last_unparsed = text[:80] if text.strip() else "(an empty reply)"
         return score
+
+    def _within_deadline(self, call):
+        """Run `call()` (one HTTP request) with `self.timeout` seconds for all of it; raise `_DeadlineExceeded`.
+
+        The request runs in a helper thread that the caller stops waiting for at the deadline; that thread ends
+        at the client's own per-read timeout or when the server stops sending, and holds no lock meanwhile.
+        """
+        box: dict[str, object] = {}
+        finished = threading.Event()
+
+        def run():
+            try:
+                box["result"] = call()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread as is
+                box["error"] = e
+            finally:
+                finished.set()
+
+        threading.Thread(target=run, name="wsteer-judge-request", daemon=True).start()
+        if not finished.wait(self.timeout):
+            raise _DeadlineExceeded
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["result"]
+
+    def check_reachable(self) -> None:
+        """One cheap request (``GET …/models``) before any work, so an unreachable endpoint fails at startup.
+
+        Any HTTP answer counts as reachable (servers that do not list models answer 404): only a connection
+        failure, a timeout or a rejected API key is an error here; the real requests report everything else.
+        """
+        openai = self._openai
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            with self._count_lock:
+                self.requests_made += 1
+            try:
+                self._within_deadline(lambda: self._client.models.list())
+                return
+            except openai.AuthenticationError as e:
+                raise self._key_rejected() from e
+            except (openai.APIConnectionError, _DeadlineExceeded) as e:
+                error = e
+            except Exception:  # noqa: BLE001 - an answer of any kind: the endpoint is there
+                return
+            if attempt + 1 < attempts:
+                time.sleep(min(self.retry_backoff * 2**attempt, 30.0))
+        raise self._gave_up(error, attempts) from error
+
+    def _key_rejected(self) -> WsteerError:  # the client's message may quote part of the key: not shown
+        return WsteerError(
+            f"judge endpoint {self.base_url} rejected the API key (HTTP 401); check {self.api_key_env}")
+
+    def _gave_up(self, error: BaseException, attempts: int) -> WsteerError:
+        openai = self._openai
+        if isinstance(error, (openai.APITimeoutError, _DeadlineExceeded)):
+            return WsteerError(
+                f"judge endpoint {self.base_url} did not answer within judge.timeout={self.timeout:g} s, "
+                f"{attempts} attempts; raise judge.timeout or lower judge.max_concurrency if the server is busy")
+        cause = f"{error.__class__.__name__}: {error}"
+        if isinstance(error, openai.APIConnectionError):
+            return WsteerError(
+                f"judge endpoint {self.base_url} is unreachable after {attempts} attempts ({cause}); "
+                "start the server or fix judge.base_url")
+        return WsteerError(
+            f"judge endpoint {self.base_url} kept failing after {attempts} attempts ({cause}); "
+            "retry later or lower judge.max_concurrency")
 
     def _create(self, messages: list[dict], **params):
         """One chat completion at temperature 0, retried with exponential backoff on transient failures."""
@@ -297,9 +412,10 @@ class OpenAIJudge(Judge):
             with self._count_lock:
                 self.requests_made += 1
             try:
-                response = self._client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=0, **params
-                )
+                response = self._within_deadline(lambda: self._client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0, **params))
+            except _DeadlineExceeded as e:
+                error = e
             except (openai.APIResponseValidationError, ValueError) as e:  # ValueError: a body that is not JSON
                 raise WsteerError(
                     f"judge endpoint {self.base_url} answered with something that is not a chat completion "
@@ -309,10 +425,8 @@ class OpenAIJudge(Judge):
                 error = e  # APITimeoutError is an APIConnectionError
             except openai.BadRequestError:
                 raise
-            except openai.AuthenticationError as e:  # its message may quote part of the key: not shown
-                raise WsteerError(
-                    f"judge endpoint {self.base_url} rejected the API key (HTTP 401); check {self.api_key_env}"
-                ) from e
+            except openai.AuthenticationError as e:
+                raise self._key_rejected() from e
             except openai.NotFoundError as e:
                 raise WsteerError(
                     f"judge endpoint {self.base_url} does not serve model {self.model!r} (HTTP 404); "
@@ -333,18 +447,4 @@ class OpenAIJudge(Judge):
                 return response
             if attempt + 1 < attempts:
                 self._abort.wait(min(self.retry_backoff * 2**attempt, 30.0))
-        cause = f"{error.__class__.__name__}: {error}"
-        if isinstance(error, openai.APITimeoutError):
-            raise WsteerError(
-                f"judge endpoint {self.base_url} did not answer within judge.timeout={self.timeout:g} s, "
-                f"{attempts} attempts; raise judge.timeout or lower judge.max_concurrency if the server is busy"
-            ) from error
-        if isinstance(error, openai.APIConnectionError):
-            raise WsteerError(
-                f"judge endpoint {self.base_url} is unreachable after {attempts} attempts ({cause}); "
-                "start the server or fix judge.base_url"
-            ) from error
-        raise WsteerError(
-            f"judge endpoint {self.base_url} kept failing after {attempts} attempts ({cause}); "
-            "retry later or lower judge.max_concurrency"
-        ) from error
+        raise self._gave_up(error, attempts) from error

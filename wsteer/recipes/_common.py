@@ -63,16 +63,73 @@ def prepare(cfg: DictConfig) -> Context:
     validate(cfg)  # numbers and names first: a typo fails in a second, before the model load
     behavior = Behavior.from_cfg(cfg.behavior).limited(
         cfg.sampling.get("max_questions"), cfg.sampling.get("max_prompts"))
+    if _may_build_pairs(cfg):
+        check_enough_questions(cfg, behavior)
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = ensure_writable(Path(cfg.output_dir), "output dir",
                               "set output_dir=... (or hydra.run.dir=...) to a writable folder")
     ensure_writable(Path(cfg.paths.cache_dir).expanduser(), "cache dir",
                     "set WSTEER_CACHE or paths.cache_dir=... to a writable folder")
+    if _may_use_judge(cfg):
+        check_judge(cfg)
     t0 = time.perf_counter()
     model, tokenizer = load_model(cfg.model, cfg.paths.cache_dir, cfg.device)
     ctx = Context(cfg, model, tokenizer, fingerprint(model), behavior, out_dir)
     ctx.timings["load_model"] = time.perf_counter() - t0
     return ctx
+
+
+def _may_build_pairs(cfg: DictConfig) -> bool:
+    """Whether this run may sample D±: train.py for a vector (or stage=data), steer.py building its vector."""
+    if "stage" in cfg and "source" in cfg:  # train.py
+        return cfg.stage == "data" or cfg.source in ("lora", "bias", "activation", "finetune", "joint")
+    method = cfg.get("method")
+    if "report" in cfg or method is None:  # evaluate.py only applies a given vector=
+        return False
+    return not cfg.get("vector") and method.get("source") not in (None, "none") and not isinstance(cfg.get("k"), DictConfig)
+
+
+def check_enough_questions(cfg: DictConfig, behavior: Behavior) -> None:
+    """Refuse, before the model loads, a behavior whose questions cannot give enough pairs whatever the judge keeps.
+
+    A pair is (build question, system prompt index, sample index) answered on both sides, so there are at most
+    questions × prompts per side × `sampling.n_samples` of them; training needs 4 per side, and `sampling.min_kept`
+    (default 4) are needed to keep a dataset at all.
+    """
+    from wsteer.recipes.train import MIN_EXAMPLES
+
+    trains = not ("stage" in cfg and cfg.stage == "data") and cfg.get("source") != "joint"
+    min_kept = int(cfg.sampling.get("min_kept", 4))
+    need = max(min_kept, MIN_EXAMPLES if trains else 0)
+    q = len(behavior.build_questions)
+    p = min(len(behavior.pos_system_prompts), len(behavior.neg_system_prompts))
+    n = int(cfg.sampling.n_samples)
+    if q * p * n >= need:
+        return
+    limited = [f"sampling.{k}={cfg.sampling.get(k)}" for k in ("max_questions", "max_prompts")
+               if cfg.sampling.get(k) is not None]
+    raise WsteerError(
+        f"behavior {behavior.name!r} can give at most {q * p * n} D+/D- pair(s) ({q} build question(s) × {p} system "
+        f"prompt(s) per side × sampling.n_samples={n}), fewer than the {need} needed ("
+        + ", ".join([f"sampling.min_kept={min_kept}"] * bool(min_kept) + [f"training needs {MIN_EXAMPLES}"] * trains)
+        + f"); add build_questions to conf/behavior/{behavior.name}.yaml or raise sampling.n_samples"
+        + (f" (or drop {', '.join(limited)})" if limited else ""))
+
+
+def _may_use_judge(cfg: DictConfig) -> bool:
+    """Every run may judge (D± filtering, judged evaluators) except a plain task fine-tune."""
+    return cfg.get("judge") is not None and not ("stage" in cfg and cfg.get("source") == "task")
+
+
+def check_judge(cfg: DictConfig) -> None:
+    """Build the configured judge and let it check its endpoint (judge=openai: one `GET …/models`), so that an
+    unreachable endpoint or a rejected key fails at startup, not after minutes of sampling or generation."""
+    from wsteer.data.pairs import build_judge
+
+    judge = build_judge(cfg.judge)
+    check = getattr(judge, "check_reachable", None)
+    if check is not None:
+        check()
 
 
 def merge_base_adapter(ctx: Context) -> None:

@@ -32,6 +32,9 @@ class WeightSteerer(Steerer):
             if tuple(params[name].shape) != (b.shape[0], a.shape[1]):
                 raise WsteerError(f"shape mismatch at {name}: vector {(b.shape[0], a.shape[1])}, "
                                   f"model {tuple(params[name].shape)}; wrong model=?")
+        note = coverage_warning(model, self.vector)
+        if note:
+            print(note)
 
     @contextmanager
     def _steer(self, model, k: float):
@@ -58,3 +61,39 @@ class WeightSteerer(Steerer):
 
     def describe(self) -> str:
         return f"{self.name}: θ + k·w, ‖w‖ = {self.vector.norm():.4g}"
+
+
+def decoder_linear_weights(model) -> list[str]:
+    """Names of the weight matrices of every linear layer inside the decoder blocks (what `all-linear` targets)."""
+    from wsteer.models import decoder_layers
+
+    try:
+        layers = {id(m) for m in decoder_layers(model)}
+    except WsteerError:
+        return []
+    out, inside = [], None
+    for name, module in model.named_modules():
+        if id(module) in layers:
+            inside = name + "."
+        if inside and name.startswith(inside) and isinstance(module, torch.nn.Linear):
+            out.append(f"{name}.weight")
+    return out
+
+
+def coverage_warning(model, vector: WeightVector) -> str | None:
+    """A warning line when `vector` edits only part of the model's decoder linear weights, else None.
+
+    A vector trained with `adapter.target_modules=all-linear` edits all of them; one that edits a few (a file
+    cut down by hand, a foreign tool's export) still applies, but its effect is that of a small part of the model.
+    """
+    linear = decoder_linear_weights(model)
+    if not linear:
+        return None
+    edited = len(set(linear) & set(vector.factors))
+    if edited >= len(linear):
+        return None
+    targets = (vector.manifest.get("lora") or {}).get("target_modules")
+    why = (f"it was built with adapter.target_modules={targets}" if isinstance(targets, list) else
+           "a vector built with adapter.target_modules=all-linear edits all of them: check vector=")
+    return (f"wsteer: warning: the vector edits {edited} of the model's {len(linear)} decoder linear weight "
+            f"matrices ({edited / len(linear):.0%}); {why}")

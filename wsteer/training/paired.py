@@ -283,12 +283,38 @@ class ResumeCheckpoint(L.Callback):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
+    def _tmp(self, pid: int | str) -> Path:
+        return self.path.with_name(f".{self.path.name}.{pid}.tmp")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # A run killed mid-save (SIGKILL, power loss) leaves its temporary file: remove those of dead processes,
+        # so reruns do not pile them up.
+        if stage != "fit" or not trainer.is_global_zero or not self.path.parent.is_dir():
+            return
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            pid = tmp.name[len(self.path.name) + 2 : -len(".tmp")]
+            if not (pid.isdigit() and _alive(int(pid))):
+                tmp.unlink(missing_ok=True)
+
     def _save(self, trainer: L.Trainer) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # optimizer and LR schedule states are needed to resume
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        from wsteer.artifacts import _storage_failure
+
+        tmp = self._tmp(os.getpid())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(tmp, weights_only=False)  # optimizer and LR schedule states are needed to resume
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+        except Exception as e:
+            tmp.unlink(missing_ok=True)  # never leave a partial file behind
+            reason = _storage_failure(e)
+            if reason is None:
+                raise
+            kept = "the previous checkpoint is unchanged" if self.path.is_file() else "no checkpoint was kept"
+            raise WsteerError(
+                f"could not write the training checkpoint {self.path}: {reason} (at step "
+                f"{getattr(trainer.lightning_module, 'training_steps_done', trainer.global_step)}; {kept}); free "
+                "some space or point paths.cache_dir at another disk, then rerun the same command") from e
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
@@ -299,6 +325,16 @@ class ResumeCheckpoint(L.Callback):
         # steps since the last validation are kept too. A crash or Ctrl+C mid-step keeps the last checkpoint.
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             self._save(trainer)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def lora_factors(peft_model, side: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
