@@ -30,12 +30,15 @@ def _cli(tmp_path: Path, script: str, *args: str, env_extra: dict | None = None)
 
 
 def test_an_api_key_from_the_environment_never_reaches_configs_logs_manifests_or_wandb(tmp_path):
-    # A judge run against a dead local endpoint, with W&B logging on: it must fail with one clear line, and
-    # nothing it wrote (Hydra's saved config, logs, the W&B offline run, caches) may contain the key.
-    proc = _cli(tmp_path, "train.py", "logger=wandb", "judge=openai",
-                f"judge.base_url=http://127.0.0.1:{_free_port()}/v1", "judge.max_retries=1", "judge.timeout=2",
-                env_extra={"OPENAI_API_KEY": SENTINEL})
-    assert proc.returncode == 2 and "unreachable" in proc.stderr, proc.stderr
+    # A judge run against a local endpoint that rejects the key, with W&B logging on: it must fail with one clear
+    # line, and nothing it wrote (Hydra's saved config, logs, the W&B offline run, caches) may contain the key.
+    srv = _BadJudgeServer("bad_key")  # reachable at startup (GET), rejects every chat request with HTTP 401
+    try:
+        proc = _cli(tmp_path, "train.py", "logger=wandb", "judge=openai", f"judge.base_url={srv.url}",
+                    "judge.max_retries=1", "judge.timeout=2", env_extra={"OPENAI_API_KEY": SENTINEL})
+    finally:
+        srv.close()
+    assert proc.returncode == 2 and "rejected the API key (HTTP 401); check OPENAI_API_KEY" in proc.stderr, proc.stderr
     assert SENTINEL not in proc.stdout + proc.stderr
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(".hydra" in str(p) for p in written) and any("offline-run" in str(p) for p in written)
