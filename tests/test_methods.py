@@ -243,3 +243,14 @@ def test_a_training_failure_leaves_the_base_model_clean_and_names_the_fix(smoke_
         ensure_artifacts(ctx, "lora")
     assert not any(isinstance(m, LoraLayer) for m in ctx.model.modules())
     assert all(torch.equal(ctx.model.state_dict()[n], t) for n, t in state.items())
+
+
+def test_the_activation_report_names_the_steered_layers_own_norm():
+    from wsteer.steering.activation import ActivationSteerer
+    from wsteer.vectors import DenseVector
+
+    vec = DenseVector({str(i): torch.full((4,), float(i)) for i in range(4)}, {"method": "activation"})
+    one = ActivationSteerer(vec, layer=2)
+    assert "‖a_2‖ = 4 " in one.describe() + " "  # ‖(2, 2, 2, 2)‖, not the norm of all layers together (7.48)
+    every = ActivationSteerer(vec, all_layers=True)
+    assert "‖shifts‖ = 3.464" in every.describe()  # three shifts (1,1,1,1) of norm 2 each: √12

@@ -133,5 +133,10 @@ class ActivationSteerer(Steerer):
                 h.remove()
 
     def describe(self) -> str:
-        where = "every layer (aˡ − aˡ⁻¹)" if self.all_layers else f"layer {self.layer} of {self.n_layers}"
-        return f"{self.name}: + k·a at {where}, last position of each forward pass, ‖a‖ = {self.vector.norm():.4g}"
+        if self.all_layers:  # the norm of the shifts actually added, Σ over layers of ‖aˡ − aˡ⁻¹‖²
+            norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in self.shifts().values())))
+            return (f"{self.name}: + k·(aˡ − aˡ⁻¹) at every layer, last position of each forward pass, "
+                    f"‖shifts‖ = {norm:.4g} over {self.n_layers} layers")
+        # the steered layer's own vector, not the norm of every layer's vectors together
+        return (f"{self.name}: + k·a at layer {self.layer} of {self.n_layers}, last position of each forward pass, "
+                f"‖a_{self.layer}‖ = {float(self.a[self.layer].double().norm()):.4g}")
