@@ -382,3 +382,28 @@ def test_an_evaluator_borrows_the_model_so_lightning_never_moves_it(tiny, tmp_pa
                               verbose=False)[0])
     assert out["eval/mmlu/n_items"] == 2
     assert "lm" not in dict(ev.named_children()) and moved == []
+
+
+@pytest.mark.reliability
+def test_sigterm_during_evaluation_stops_at_once_keeping_finished_batches_and_the_rerun_resumes(tmp_path):
+    cmd = _evaluate_cmd(tmp_path, "evaluator=[factual_qa]", "evaluator.factual_qa.batch_size=10",
+                        "evaluator.factual_qa.max_new_tokens=200", "evaluator.factual_qa.limit=20")
+    env = subprocess_env(tmp_path)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    store_root = tmp_path / "cache" / "eval" / "factual_qa"
+    count = lambda: sum(len(f.read_text().splitlines()) for f in store_root.rglob("items.rank*.jsonl"))  # noqa: E731
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and count() < 10:
+        time.sleep(0.05)
+    assert proc.poll() is None and count() == 10, "the first batch should be stored while the second runs"
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGTERM)  # during the second batch of generation
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 5
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM during factual_qa at k=0" in err and "rerun the same command" in err
+    assert count() == 10  # the interrupted batch was not waited for; the finished one is kept
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "10/20 items already done, resuming" in rerun.stdout

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
+import signal
+import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -18,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsteer.artifacts import stable_hash, write_text
 from wsteer.config import instantiate
-from wsteer.errors import WsteerError
+from wsteer.errors import Interrupted, WsteerError
 from wsteer.evaluation.base import Evaluator, ItemStore, finite
 from wsteer.evaluation.uncertainty import N_BOOT, flat_uncertainty, summarize
 
@@ -64,14 +66,27 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
                    ) -> tuple[dict[str, float], list[dict]]:
     """Evaluate at every k; return flat metrics `eval/<evaluator>/<metric>@k=<k>` with their uncertainty
     (`…_stderr`, `…_ci_low`, `…_ci_high`, `…_n`; see `uncertainty.py`) and the per-item records."""
-    from wsteer.steering.guards import assert_finite_logits
-
     cfg = ctx.cfg
     root = Path(cfg.paths.cache_dir).expanduser() / "eval"
     flat: dict[str, float] = {}
     records: list[dict] = []
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-call GPU/TPU banners
     model_id = ctx.ft_fingerprint or ctx.fingerprint
+    where: dict = {}
+    with stop_promptly_on_sigterm(where):
+        _evaluate_all(ctx, evaluators, steerer, ks, judge, root, model_id, flat, records, where)
+    _relative_to_k0(evaluators, records, flat)
+    flat.update(flat_uncertainty(summarize(records, **bootstrap_settings(cfg))))
+    if wb is not None:
+        _log_items(wb, records)
+    return flat, records
+
+
+def _evaluate_all(ctx, evaluators, steerer, ks, judge, root: Path, model_id: str, flat: dict, records: list,
+                  where: dict) -> None:
+    from wsteer.steering.guards import assert_finite_logits
+
+    cfg = ctx.cfg
     for k in ks:
         apply = steerer.apply(ctx.model, k) if steerer is not None else nullcontext()
         with apply:
@@ -99,6 +114,7 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
                 # similar lengths share a batch, so little compute goes to padding (MMLU: 2.4× faster on CPU,
                 # identical predictions); metrics are means over items, so the order does not change them
                 loader = _loader(sorted(items, key=lambda it: len(json.dumps(it, ensure_ascii=False))), ev.batch_size)
+                where.update(what=f"{ev.name} at k={k:g}", store=ev.store_folder)
                 with ctx.timed(f"eval/{ev.name}"):
                     out = finite(trainer.test(ev, dataloaders=loader, verbose=False)[0])
                 for name, v in out.items():
@@ -106,11 +122,27 @@ def run_evaluators(ctx, evaluators: list[Evaluator], steerer, ks: list[float], j
                 done = ItemStore(root / ev.name / key).done  # every rank's items
                 records += [{"evaluator": ev.name, **done[it["id"]], "k": k} for it in items]
                 ev.lm = None  # the model belongs to the context, not to the evaluator
-    _relative_to_k0(evaluators, records, flat)
-    flat.update(flat_uncertainty(summarize(records, **bootstrap_settings(cfg))))
-    if wb is not None:
-        _log_items(wb, records)
-    return flat, records
+
+
+@contextmanager
+def stop_promptly_on_sigterm(where: dict):
+    """SIGTERM during evaluation stops within moments, not after the current batch (a scheduler's grace period
+    may be shorter than one batch of generation): the handler raises at once, every batch already finished is in
+    the item store (flushed per batch), and the rerun of the same command resumes from them. Lightning chains this
+    handler after its own, so its bookkeeping still runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(f"stopped by SIGTERM during {where.get('what', 'evaluation')}; finished items are kept in "
+                          f"{where.get('store', 'the item store')}: rerun the same command to resume")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _relative_to_k0(evaluators: list[Evaluator], records: list[dict], flat: dict[str, float]) -> None:
