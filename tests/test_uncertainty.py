@@ -166,6 +166,7 @@ class _Listed(Evaluator):
         return [{"outputs": {}, "scores": {"accuracy": float(it["question"].startswith("a "))}} for it in items]
 
 
+@pytest.mark.reliability
 def test_an_edited_data_file_with_unchanged_ids_never_reuses_stored_answers(smoke_cfg, tiny):
     from wsteer.evaluation.runner import run_evaluators
     from wsteer.recipes._common import Context
