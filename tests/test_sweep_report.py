@@ -66,3 +66,12 @@ def test_a_tradeoff_metric_no_job_measured_is_named_and_the_rest_is_reported(tmp
 def test_an_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(WsteerError, match="no finished"):
         run_report(tmp_path)
+
+
+def test_report_metrics_add_columns_and_an_unknown_one_is_a_clear_error(tmp_path):
+    _job(tmp_path, "weight", -2, {0: {**_m(0.6, 0.3), "mmlu/accuracy": 0.3}, -2: {**_m(0.5, 0.6), "mmlu/accuracy": 0.4}})
+    run_report(tmp_path, extra_metrics=["mmlu/accuracy"])
+    assert "| method | k | seeds | factual_qa/non_sycophancy | factual_qa/accuracy | mmlu/accuracy |" in (
+        tmp_path / "sweep_report.md").read_text()
+    with pytest.raises(WsteerError, match="report_metrics.*mmlu/acc"):
+        run_report(tmp_path, extra_metrics=["mmlu/acc"])

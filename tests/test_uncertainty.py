@@ -275,7 +275,7 @@ def test_a_sweep_report_aggregates_seeds_with_two_level_intervals_and_paired_met
     report = run_report(tmp_path)
     assert "sweep/weight/factual_qa/non_sycophancy_stderr@k=-2" in report
     md = (tmp_path / "sweep_report.md").read_text()
-    assert "Training seeds: 3 (0, 1, 2)" in md and "3 seeds)" in md
+    assert "Training seeds: 3 (0, 1, 2)" in md and "per seed, 3 seeds)" in md
     assert "| -2 | activation − weight |" in md
     pair = [line for line in md.splitlines() if line.startswith("| activation | -2 |") and "[" in line][0]
     assert "+0.000 [+0.000, +0.000]" in pair  # activation changed nothing: Δ vs k = 0 is exactly 0

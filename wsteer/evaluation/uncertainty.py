@@ -35,14 +35,16 @@ class Estimate:
     stderr: float
     low: float
     high: float
-    n: int  # items scored (for a seed aggregate: per seed, summed over seeds)
+    n: int  # items scored (for a seed aggregate: summed over seeds)
     method: str  # analytic-wilson | analytic-normal | bootstrap | two-level bootstrap | paired bootstrap
     n_seeds: int = 1
 
     def format(self, digits: int = 2) -> str:
-        """`0.88 ± 0.05 (n=33)`; with several seeds `(n=33, 3 seeds)`."""
-        seeds = f", {self.n_seeds} seeds" if self.n_seeds > 1 else ""
-        return f"{self.value:.{digits}f} ± {self.stderr:.{digits}f} (n={self.n}{seeds})"
+        """`0.88 ± 0.05 (n=33)`; with several seeds `(n=33 per seed, 3 seeds)` (n averaged over the seeds)."""
+        if self.n_seeds > 1:
+            return (f"{self.value:.{digits}f} ± {self.stderr:.{digits}f} "
+                    f"(n={round(self.n / self.n_seeds)} per seed, {self.n_seeds} seeds)")
+        return f"{self.value:.{digits}f} ± {self.stderr:.{digits}f} (n={self.n})"
 
     def format_delta(self, digits: int = 2) -> str:
         """`+0.19 [+0.08, +0.30]`, with a star when the interval excludes 0."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from wsteer.artifacts import write_json, write_text
+from wsteer.evaluation.runner import bootstrap_settings
 from wsteer.recipes._common import merge_base_adapter, prepare
 from wsteer.recipes.steer import answer_heldout, load_artifact, load_steerer, measured, parse_ks
 from wsteer.report import steering_report
@@ -26,7 +27,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
         wb = start_run(cfg, "report")
         try:
-            return run_report(cfg.report, cfg.output_dir, wb)
+            return run_report(cfg.report, cfg.output_dir, wb, extra_metrics=list(cfg.get("report_metrics") or []),
+                              **{k: v for k, v in bootstrap_settings(cfg).items()})
         finally:
             if wb is not None:
                 wb.finish()

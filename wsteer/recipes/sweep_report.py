@@ -224,7 +224,8 @@ def _cell(r: dict, name: str) -> str:
 
 def run_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wb=None,
                behavior_metric: str | None = None, capability_metric: str | None = None,
-               n_boot: int = N_BOOT, boot_seed: int = 0) -> dict[str, float]:
+               n_boot: int = N_BOOT, seed: int = 0, extra_metrics: list[str] = ()) -> dict[str, float]:
+    boot_seed = seed
     rows, tradeoff = collect(sweep_dir, n_boot, boot_seed)
     tradeoff = tradeoff or {}
     bm, cm = behavior_metric or tradeoff.get("behavior"), capability_metric or tradeoff.get("capability")
@@ -232,12 +233,15 @@ def run_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wb=None
     out.mkdir(parents=True, exist_ok=True)
     behaviors = sorted({r["behavior"] for r in rows})
     names = sorted({n for r in rows for n in r if "/" in n})
-    shown = [n for n in (bm, cm, *TONE) if n in names] or names
+    unknown = [m for m in extra_metrics if m not in names]
+    if unknown:
+        raise WsteerError(f"report_metrics {unknown} are in no job's results; measured: {', '.join(names)}")
+    shown = [n for n in dict.fromkeys((bm, cm, *extra_metrics, *TONE)) if n in names] or names
     seeds = sorted({s for r in rows for s in r["seeds"]})
     lines = [f"# Sweep report: {sweep_dir}", "", f"behavior: {', '.join(behaviors)}"
              + (f"; trade-off: **{bm}** against **{cm}**" if bm and cm else ""), "",
              f"Training seeds: {len(seeds)} ({', '.join(map(str, seeds))}). Each cell is the mean over seeds, "
-             f"{SHOWN}; n = items scored, summed over seeds. Intervals come from a two-level bootstrap (seeds, then "
+             f"{SHOWN}; n = items scored per seed. Intervals come from a two-level bootstrap (seeds, then "
              "items within each seed), so they carry both the vector's and the items' variance.", "",
              "| method | k | seeds | " + " | ".join(shown) + " |", "|---|---|---|" + "---|" * len(shown)]
     for r in rows:
