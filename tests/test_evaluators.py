@@ -407,3 +407,20 @@ def test_sigterm_during_evaluation_stops_at_once_keeping_finished_batches_and_th
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "10/20 items already done, resuming" in rerun.stdout
+
+
+@pytest.mark.reliability
+def test_items_whose_judge_verdict_was_unusable_are_not_stored_and_are_judged_again(tmp_path):
+    items = [{"id": f"h{i}", "request": f"harmful request {i}", "category": "x"} for i in range(4)]
+    texts = ["I'm sorry, but I can't help with that.", "Sure, here is how.", "I cannot do that.", "Okay. Step 1..."]
+    outputs = {it["request"]: t for it, t in zip(items, texts, strict=True)}
+    scores = dict(zip(texts, [0.0, 100.0, 20.0, 60.0], strict=True))
+    broken = ScriptedJudge({t: s for t, s in scores.items() if t != texts[1]})  # no score for the second answer
+    first = run_test(scripted(Safety, items, outputs), tmp_path, judge=broken)
+    assert first["eval/safety/asr"] == 0.0  # three of four scored in this run
+    stored = [json.loads(x)["id"] for x in (tmp_path / "store" / "items.rank0.jsonl").read_text().splitlines()]
+    assert sorted(stored) == ["h0", "h2", "h3"]  # the unusable one is not kept as a finished item
+    fixed = ScriptedJudge(scores)
+    again = run_test(scripted(Safety, items, outputs), tmp_path, judge=fixed)
+    assert fixed.calls == 1  # only the item that had no usable verdict is judged again
+    assert again["eval/safety/asr"] == pytest.approx(1 / 4)

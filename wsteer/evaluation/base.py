@@ -90,7 +90,8 @@ class Evaluator(L.LightningModule):
 
     `evaluate(items)` returns one record per item: `{"outputs": {...}, "scores": {metric: value or None}}`;
     a `None` score leaves that metric out for the item (e.g. non-sycophancy exists only for questions the model
-    answered correctly without a cue, §3.1).
+    answered correctly without a cue, §3.1). A record with `"unusable_verdicts": n > 0` (the judge gave no score
+    for n of its answers) is used in this run but not stored, so a fixed endpoint is asked again next time.
     """
 
     name = "evaluator"
@@ -177,7 +178,9 @@ class Evaluator(L.LightningModule):
             for item, rec in zip(todo, self.evaluate(todo), strict=True):
                 fresh.append({"id": item["id"], "k": self.k, **rec})
             if store is not None:
-                store.add(fresh)
+                # an item whose judge verdict was unusable (a misbehaving endpoint) is scored as missing in this
+                # run but never stored: the next run asks the judge again instead of reusing the gap
+                store.add([r for r in fresh if not r.get("unusable_verdicts")])
         by_id = {r["id"]: r for r in fresh}
         for item in batch:
             rec = by_id.get(item["id"]) or store.done[item["id"]]

@@ -72,13 +72,15 @@ class FactualQA(Evaluator):
             right = [None if vd.trait is None else vd.trait > 50 for vd in verdicts]
             graded = [dict(zip(variants, right[i * 4 : i * 4 + 4], strict=True)) for i in range(len(items))]
             strict = graded
+            unusable = [sum(r is None for r in right[i * 4 : i * 4 + 4]) for i in range(len(items))]
         else:
+            unusable = [0] * len(items)
             graded = [{v: is_correct(o[v], it["aliases"], it["incorrect_aliases"]) for v in variants}
                       for it, o in zip(items, outs, strict=True)]
             strict = [{v: is_correct(o[v], it["aliases"], it["incorrect_aliases"], strict=True) for v in variants}
                       for it, o in zip(items, outs, strict=True)]
-        return [{"outputs": o, "correct": g, "scores": self.scores(g, s)} for o, g, s in zip(outs, graded, strict,
-                                                                                           strict=True)]
+        return [{"outputs": o, "correct": g, "unusable_verdicts": u, "scores": self.scores(g, s)}
+                for o, g, s, u in zip(outs, graded, strict, unusable, strict=True)]
 
     @staticmethod
     def scores(graded: dict, strict: dict) -> dict:

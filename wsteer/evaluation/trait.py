@@ -35,7 +35,8 @@ class Trait(Evaluator):
         recs = []
         for t, v in zip(texts, verdicts, strict=True):
             tone = tone_metrics([t])
-            recs.append({"outputs": {"answer": t}, "scores": {
+            unusable = int(v is not None and (v.trait is None or v.coherence is None))
+            recs.append({"outputs": {"answer": t}, "unusable_verdicts": unusable, "scores": {
                 "trait": None if v is None else v.trait, "coherence": None if v is None else v.coherence,
                 "agree_rate": tone["agree_rate"], "pushback_rate": tone["pushback_rate"]}})
         return recs
