@@ -44,10 +44,11 @@ def _payloads(data: bytes):
 
 
 def read_run(path: str | Path) -> dict:
-    """`{"run": RunRecord, "config": {key: value}, "summary": {key: value}, "history": [..], "records": [...]}`."""
+    """`{"run": RunRecord, "config": {key: value}, "summary": {key: value}, "history": [{key: value}, ...],
+    "metrics": {name: step metric}, "records": [record kinds]}`."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    out = {"run": None, "config": {}, "summary": {}, "history": [], "records": []}
+    out = {"run": None, "config": {}, "summary": {}, "history": [], "records": [], "metrics": {}}
     for payload in _payloads(Path(path).read_bytes()):
         rec = pb.Record()
         rec.ParseFromString(payload)
@@ -63,6 +64,8 @@ def read_run(path: str | Path) -> dict:
         elif kind == "summary":
             for item in rec.summary.update:
                 out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "metric":  # define_metric: {name or glob: step metric}
+            out["metrics"][rec.metric.name or rec.metric.glob_name] = rec.metric.step_metric
         elif kind == "history":
             out["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
     return out

@@ -16,7 +16,7 @@ from wsteer.evaluation.runner import bootstrap_settings
 from wsteer.recipes._common import merge_base_adapter, prepare
 from wsteer.recipes.steer import answer_heldout, load_artifact, load_steerer, measured, parse_ks
 from wsteer.report import steering_report
-from wsteer.tracking import log_results, start_run
+from wsteer.tracking import log_by_k, log_results, start_run
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -56,6 +56,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                    + "\n" + eval_md)
         write_json(ctx.out_dir / "metrics.json", flat)
         log_results(wb, ctx.behavior.heldout_questions, answers, flat)
+        log_by_k(wb, flat, cfg.method.name if cfg.vector else "none", cfg.seed, ks, steerer.manifest if steerer else None)
         print(f"wsteer: report written to {ctx.out_dir / 'report.md'}")
         return flat
     finally:

@@ -22,7 +22,7 @@ from wsteer.recipes.train import ensure_artifacts
 from wsteer.report import evaluation_section, steering_report
 from wsteer.steering.k import check_k
 from wsteer.steering.weight import WeightSteerer
-from wsteer.tracking import log_generations, log_results, start_run
+from wsteer.tracking import log_by_k, log_generations, log_results, start_run
 from wsteer.vectors import DenseVector, WeightVector
 
 
@@ -217,6 +217,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if wb is not None:
             log_generations(wb, ctx.behavior.heldout_questions, answers)
             wb.summary.update({**flat, **{f"time/{s}": v for s, v in ctx.timings.items()}})
+            log_by_k(wb, flat, cfg.method.name, cfg.seed, ks, steerer.manifest)
         print(f"wsteer: report written to {ctx.out_dir / 'report.md'}")
         print("wsteer: stage timings (s): " + ", ".join(f"{s} {v:.1f}" for s, v in ctx.timings.items()))
         return flat
