@@ -51,3 +51,14 @@ def test_a_smoke_multirun_gives_grouped_named_tagged_runs_with_k_as_step_and_a_t
         if method == "weight":
             assert any(h.get("vector/val_history/_type") == "table-file" for h in r["history"])
     assert Path(sweep).is_dir()
+
+
+def test_a_layer_sweep_logs_one_row_per_layer_against_layer_as_step(smoke_cfg, tmp_path):
+    from wsteer.recipes import steer as steer_recipe
+
+    steer_recipe.run(smoke_cfg("steer", ["logger=wandb", "method=activation", "layers=all", "k=-2"]))
+    r = read_run(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
+    assert r["metrics"]["layer_sweep/*"] == "layer"
+    rows = [h for h in r["history"] if "layer" in h]
+    assert [h["layer"] for h in rows] == [1, 2]  # the tiny model's two layers
+    assert all("layer_sweep/pushback_rate@k=-2" in h and "layer_sweep/pushback_rate_stderr@k=-2" in h for h in rows)

@@ -60,6 +60,14 @@ def sweep_layers(ctx, steerer, ks: list[float], answer_fn, run=None) -> dict[str
         import wandb
 
         run.log({"layer_sweep": wandb.Image(str(png))})
+        # one history row per layer, with `layer` as the step metric: "marker vs layer" is one W&B line plot
+        run.define_metric("layer")
+        run.define_metric("layer_sweep/*", step_metric="layer")
+        for layer in layers:
+            run.log({"layer": layer, **{f"layer_sweep/{name}@k={k:g}": rows[k][layer][name] for k in ks
+                                        for name in rows[k][layer]},
+                     **{f"layer_sweep/{name}_stderr@k={k:g}": errs[k][layer][name] for k in ks
+                        for name in errs[k][layer]}})
     return {f"sweep/{name}@k={k:g}@layer={layer}": v
             for k, by_layer in rows.items() for layer, m in by_layer.items() for name, v in m.items()}
 
