@@ -569,3 +569,24 @@ def test_a_task_finetune_stopped_by_sigterm_exits_143_and_the_rerun_resumes(tmp_
         (tmp_path / "run2" / "adapter" / "adapter_config.json").is_file()
     assert json.loads((tmp_path / "run2" / "task_manifest.json").read_text())["steps"] == steps
     assert not list((tmp_path / "cache" / "checkpoints").rglob("*.ckpt"))  # removed once the adapter was saved
+
+
+def test_two_identical_jobs_at_once_build_the_data_and_the_vector_once(tmp_path):
+    """Concurrent jobs of a sweep share the cache: one samples and trains, the other waits and reuses both."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, subprocess_env
+
+    env = subprocess_env(tmp_path)
+    cmd = [sys.executable, "steer.py", "debug=smoke", "logger=none", "evaluator=[]"]
+    procs = [subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path / f'run{i}'}"], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    text = "".join(o[0] for o in outs)
+    assert text.count("saved lora artifacts") == 1 and text.count("reusing cached lora artifacts") == 1, text
+    assert text.count("wsteer: building D+/D-:") == 1 and "another job is building" in text
+    samples = list((tmp_path / "cache" / "samples").rglob("*.jsonl"))
+    lines = sum(len(f.read_text().splitlines()) for f in samples)
+    assert lines == 2 * 20 * 5  # each (question, prompt, sample) once per side, not twice (debug=smoke: 1 sample)

@@ -29,6 +29,7 @@ from wsteer.errors import WsteerError
 from wsteer.generation import generate
 from wsteer.judges.base import JudgeItem
 from wsteer.judges.filtering import filter_pairs
+from wsteer.locks import building
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 MIN_KEPT = 4  # per side: fewer cannot train and validate
@@ -241,6 +242,13 @@ def ensure_pairs(cfg: DictConfig, model, tokenizer, behavior: Behavior, fingerpr
     judge = build_judge(cfg.judge)
     key = data_key(behavior, cfg.sampling, judge.describe(), fingerprint)
     shipped, cached = candidate_folders(cfg, key)
+    # one job samples a data set at a time: a second identical job waits, then reuses it (and never appends the
+    # same answers to the shared progress file twice)
+    with building(cfg.paths.cache_dir, cached, f"D+/D- for {behavior.name}"):
+        return _ensure_pairs(cfg, model, tokenizer, behavior, judge, key, shipped, cached)
+
+
+def _ensure_pairs(cfg, model, tokenizer, behavior: Behavior, judge, key: dict, shipped: Path, cached: Path):
     for folder in (shipped, cached):
         if (folder / "manifest.json").is_file():
             dd, manifest = load_pairs(folder)

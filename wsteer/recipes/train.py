@@ -26,6 +26,7 @@ from wsteer.behaviors import SIDES
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
 from wsteer.errors import Interrupted, WsteerError
+from wsteer.locks import building
 from wsteer.models import stays_on_its_device
 from wsteer.recipes._common import Context, prepare
 from wsteer.steering.activation import ActivationCollector
@@ -272,6 +273,13 @@ def ensure_artifacts(ctx: Context, source: str = "lora", run=None, force: bool =
     with ctx.timed("data"):
         pairs, data_manifest = ensure_pairs(cfg, ctx.model, ctx.tokenizer, ctx.behavior, ctx.fingerprint)
     folder = artifact_dir(cfg, ctx.fingerprint, ctx.behavior.name, data_manifest["data_hash"], source)
+    # concurrent jobs of a sweep build each artifact once: the others wait here, then find it COMPLETE
+    with building(cfg.paths.cache_dir, folder, f"the {source} artifacts"):
+        return _ensure_artifacts(ctx, source, run, force, pairs, data_manifest, folder)
+
+
+def _ensure_artifacts(ctx: Context, source: str, run, force: bool, pairs, data_manifest: dict, folder: Path):
+    cfg = ctx.cfg
     done = folder / "COMPLETE"
     if done.is_file() and not force:
         print(f"wsteer: reusing cached {source} artifacts in {folder}")
