@@ -590,3 +590,18 @@ def test_two_identical_jobs_at_once_build_the_data_and_the_vector_once(tmp_path)
     samples = list((tmp_path / "cache" / "samples").rglob("*.jsonl"))
     lines = sum(len(f.read_text().splitlines()) for f in samples)
     assert lines == 2 * 20 * 5  # each (question, prompt, sample) once per side, not twice (debug=smoke: 1 sample)
+
+
+def test_a_vector_built_for_another_behavior_is_named_in_one_line_and_in_the_report(smoke_cfg, capsys):
+    from wsteer.recipes import steer as steer_recipe
+    from wsteer.recipes import train as train_recipe
+
+    cfg = smoke_cfg("train")
+    train_recipe.run(cfg)
+    vector = Path(cfg.output_dir) / "vector.safetensors"
+    capsys.readouterr()
+    cfg2 = smoke_cfg("steer", [f"vector={vector}", "behavior=evil", "evaluator=[]", "k=-2"])
+    steer_recipe.run(cfg2)
+    out = capsys.readouterr().out
+    assert "was built for behavior 'sycophancy', but this run has behavior=evil" in out
+    assert "**note**: " in (Path(cfg2.output_dir) / "report.md").read_text()

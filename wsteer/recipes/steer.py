@@ -77,7 +77,19 @@ def load_steerer(ctx: Context, run=None):
             kwargs = {"vector": vector}
     steerer = instantiate(m, exclude=METHOD_KEYS, **kwargs)
     steerer.check_compatible(ctx.model, ctx.fingerprint, allow_transfer=cfg.allow_transfer)
+    steerer.behavior_note = behavior_mismatch(steerer.manifest, ctx.behavior.name, path)
+    if steerer.behavior_note:
+        print(f"wsteer: note: {steerer.behavior_note}")
     return steerer, path, built
+
+
+def behavior_mismatch(manifest: dict, behavior: str, path) -> str | None:
+    """A vector built for behavior A used with `behavior=B` (possibly on purpose: a transfer experiment)."""
+    made_for = (manifest or {}).get("behavior")
+    if path is None or not made_for or made_for == behavior:
+        return None
+    return (f"{path} was built for behavior {made_for!r}, but this run has behavior={behavior}: its held-out "
+            f"questions and default evaluators are {behavior}'s (pass behavior={made_for} unless this is on purpose)")
 
 
 def load_artifact(path: Path):
@@ -184,7 +196,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             + (f"; steered θ_ft = base + {cfg.base_adapter} (fingerprint {ctx.ft_fingerprint})" if ctx.ft_fingerprint else ""),
             "behavior": f"{ctx.behavior.name} (v{ctx.behavior.version}), {len(ctx.behavior.heldout_questions)} held-out questions",
             "method": steerer.describe(),
-            "vector": f"{vpath} ({'built in this run' if built else 'reused'})" if vpath else "none",
+            "vector": (f"{vpath} ({'built in this run' if built else 'reused'})" if vpath else "none")
+            + (f" — **note**: {steerer.behavior_note}" if getattr(steerer, "behavior_note", None) else ""),
             "vector built with": (f"trainer={sched.get('name')} ({sched.get('steps')} steps × batch {sched.get('batch_size')}, "
                                   f"lr {sched.get('lr')}, max length {sched.get('max_length')}), LoRA r{man['lora']['r']} "
                                   f"α{man['lora']['alpha']}, data {man.get('data_counts')}") if sched
