@@ -65,7 +65,8 @@ def test_fixed_text_side_is_used_verbatim_and_paired_with_every_sample(tiny):
 
 
 @pytest.mark.reliability
-def test_sampling_killed_midway_resumes_without_redoing_finished_answers(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_sampling_killed_midway_resumes_without_redoing_finished_answers(tmp_path, sig):
     args = [sys.executable, "train.py", "debug=smoke", "logger=none", "stage=data", "sampling.n_samples=12",
             "sampling.batch_size=10", "sampling.max_new_tokens=24", f"hydra.run.dir={tmp_path / 'run'}"]
     env = subprocess_env(tmp_path)
@@ -79,8 +80,10 @@ def test_sampling_killed_midway_resumes_without_redoing_finished_answers(tmp_pat
             break
         time.sleep(0.2)
     assert progress is not None, "sampling never started writing progress"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:  # stopped at once with one line, exit 143 (not after the batch, not a traceback)
+        assert proc.returncode == 143 and "stopped by SIGTERM during sampling D+/D-" in err, err[-2000:]
     before = progress.read_text().splitlines()
     first = [json.loads(x) for x in before if x.strip().endswith("}")]
     assert 40 <= len(first) < 2 * 20 * 5 * 12  # killed partway

@@ -27,6 +27,7 @@ from wsteer.behaviors import SIDES, Behavior
 from wsteer.config import instantiate
 from wsteer.errors import WsteerError
 from wsteer.generation import generate
+from wsteer.interrupts import stop_promptly_on_sigterm
 from wsteer.judges.base import JudgeItem
 from wsteer.judges.filtering import filter_pairs
 from wsteer.locks import building
@@ -264,7 +265,8 @@ def _ensure_pairs(cfg, model, tokenizer, behavior: Behavior, judge, key: dict, s
     sampled = [side for side in SIDES if behavior.fixed_responses(side) is None]
     print(f"wsteer: building D+/D-: sampling {'/'.join(sampled) or 'nothing (both sides are fixed text)'} with the "
           f"target model (up to {n} answers per side; progress in {progress})")
-    raw = sample_pairs(model, tokenizer, behavior, cfg.sampling, progress)
+    with stop_promptly_on_sigterm({"what": f"sampling D+/D- for {behavior.name}", "kept": progress}):
+        raw = sample_pairs(model, tokenizer, behavior, cfg.sampling, progress)
     kept, stats = judge_and_filter(raw, behavior, judge)
     counts = {s: len(kept[s]) for s in SIDES}
     min_kept = cfg.sampling.get("min_kept", MIN_KEPT)

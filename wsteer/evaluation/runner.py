@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -20,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsteer.artifacts import stable_hash, write_text
 from wsteer.config import instantiate
-from wsteer.errors import Interrupted, WsteerError
+from wsteer.errors import WsteerError
 from wsteer.evaluation.base import Evaluator, ItemStore, finite
 from wsteer.evaluation.uncertainty import N_BOOT, flat_uncertainty, summarize
+from wsteer.interrupts import stop_promptly_on_sigterm
 
 
 def bootstrap_settings(cfg) -> dict:
@@ -114,7 +113,7 @@ def _evaluate_all(ctx, evaluators, steerer, ks, judge, root: Path, model_id: str
                 # similar lengths share a batch, so little compute goes to padding (MMLU: 2.4× faster on CPU,
                 # identical predictions); metrics are means over items, so the order does not change them
                 loader = _loader(sorted(items, key=lambda it: len(json.dumps(it, ensure_ascii=False))), ev.batch_size)
-                where.update(what=f"{ev.name} at k={k:g}", store=ev.store_folder)
+                where.update(what=f"{ev.name} at k={k:g}", kept=f"the item store {ev.store_folder}")
                 with ctx.timed(f"eval/{ev.name}"):
                     out = finite(trainer.test(ev, dataloaders=loader, verbose=False)[0])
                 for name, v in out.items():
@@ -122,27 +121,6 @@ def _evaluate_all(ctx, evaluators, steerer, ks, judge, root: Path, model_id: str
                 done = ItemStore(root / ev.name / key).done  # every rank's items
                 records += [{"evaluator": ev.name, **done[it["id"]], "k": k} for it in items]
                 ev.lm = None  # the model belongs to the context, not to the evaluator
-
-
-@contextmanager
-def stop_promptly_on_sigterm(where: dict):
-    """SIGTERM during evaluation stops within moments, not after the current batch (a scheduler's grace period
-    may be shorter than one batch of generation): the handler raises at once, every batch already finished is in
-    the item store (flushed per batch), and the rerun of the same command resumes from them. Lightning chains this
-    handler after its own, so its bookkeeping still runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise Interrupted(f"stopped by SIGTERM during {where.get('what', 'evaluation')}; finished items are kept in "
-                          f"{where.get('store', 'the item store')}: rerun the same command to resume")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _relative_to_k0(evaluators: list[Evaluator], records: list[dict], flat: dict[str, float]) -> None:
