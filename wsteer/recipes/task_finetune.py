@@ -13,18 +13,17 @@ import json
 import math
 import shutil
 import time
-import warnings
 from pathlib import Path
 
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
 from wsteer.artifacts import atomic_path, stable_hash, write_json
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
-from wsteer.errors import Interrupted, WsteerError
+from wsteer.errors import WsteerError
 from wsteer.models import stays_on_its_device
 from wsteer.training.paired import LoraPair, PairedModule, stop_helper_ranks
+from wsteer.training.resume import fit_resumably
 
 SIDE = "task"
 
@@ -101,24 +100,7 @@ def train_task(ctx, source: str, make_trainer, run=None) -> tuple[Path, dict]:
             trainer = make_trainer(ctx, run, max_steps=steps, val_every=min(cfg.trainer.eval_every, steps),
                                    resume_ckpt=resume)
             t0 = time.perf_counter()
-            from wsteer.recipes.train import _usable_checkpoint
-
-            ckpt, done = _usable_checkpoint(resume)
-            if ckpt is None:
-                trainer.validate(module, datamodule=dm, verbose=False)  # step 0
-            else:
-                print(f"wsteer: resuming {source} fine-tune at step {done} of {steps} from {ckpt}")
-            with warnings.catch_warnings():
-                # as for paired training: a mid-epoch resume restarts the data order; steps and optimizer continue
-                warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
-                try:
-                    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
-                except SIGTERMException as e:  # Lightning would exit 0 here: a stopped job is no success
-                    raise Interrupted(f"stopped by SIGTERM at step {module.training_steps_done} of {steps}; the "
-                                      f"checkpoint in {resume.parent} keeps the finished steps: rerun the same "
-                                      "command to resume") from e
-            if module.history[-1]["step"] != steps:
-                trainer.validate(module, datamodule=dm, verbose=False)
+            fit_resumably(trainer, module, dm, resume, f"{source} fine-tune", steps)
             stop_helper_ranks(trainer)
             ctx.timings["train_task"] = time.perf_counter() - t0
             best = module.restore_best()

@@ -13,25 +13,24 @@ from __future__ import annotations
 
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from wsteer.artifacts import git_commit, stable_hash, write_json
 from wsteer.behaviors import SIDES
 from wsteer.data.pairs import ensure_pairs
 from wsteer.data.sft import PairedDataModule
-from wsteer.errors import Interrupted, WsteerError
+from wsteer.errors import WsteerError
 from wsteer.locks import building
 from wsteer.models import stays_on_its_device
 from wsteer.recipes._common import Context, prepare
 from wsteer.steering.activation import ActivationCollector
 from wsteer.tracking import start_run
 from wsteer.training.paired import BiasPair, LoraPair, PairedModule, ResumeCheckpoint, stop_helper_ranks
+from wsteer.training.resume import fit_resumably
 from wsteer.vectors import DenseVector, WeightVector
 
 MIN_EXAMPLES = 4  # per side; fewer cannot give both a training and a validation split worth the name
@@ -168,28 +167,6 @@ def train_pair(ctx: Context, pairs, data_manifest: dict, source: str, run=None,
         ctx.model.eval()
 
 
-def _usable_checkpoint(path: Path | None) -> tuple[Path | None, int]:
-    """`(path, steps done)` if `path` holds a checkpoint that loads safely, else `(None, 0)`.
-
-    An unreadable checkpoint (it cannot be half-written, but may come from another wsteer version) is discarded
-    with a warning: the run then trains from scratch instead of failing a sweep.
-    """
-    if path is None or not path.is_file():
-        return None, 0
-    from lightning.fabric.utilities.cloud_io import _load
-
-    try:  # weights_only: a checkpoint is data, never code
-        state = _load(path, map_location="cpu", weights_only=True)
-        if "wsteer_paired" not in state or "loops" not in state:
-            raise ValueError("not a wsteer paired-training checkpoint")
-    except Exception as e:  # noqa: BLE001 - any unreadable file means the same thing: start over
-        print(f"wsteer: warning: discarding unreadable training checkpoint {path} ({e.__class__.__name__}: "
-              f"{str(e)[:200]}); training starts from step 0")
-        path.unlink()
-        return None, 0
-    return path, int(state.get("global_step", 0))
-
-
 def _fit_and_export(ctx: Context, pair, module: PairedModule, dm, data_manifest: dict, source: str, run,
                     resume_ckpt: Path | None = None):
     """Validate at step 0, fit, keep each side's best weights, and export them as artifacts."""
@@ -197,23 +174,7 @@ def _fit_and_export(ctx: Context, pair, module: PairedModule, dm, data_manifest:
     # manual optimization counts one global step per optimizer, i.e. per side
     trainer = _trainer(ctx, run, max_steps=t.steps * len(SIDES), val_every=t.eval_every, resume_ckpt=resume_ckpt)
     t0 = time.perf_counter()
-    ckpt, global_step = _usable_checkpoint(resume_ckpt)
-    if ckpt is None:
-        trainer.validate(module, datamodule=dm, verbose=False)  # step 0: the untrained sides' val loss
-    else:
-        print(f"wsteer: resuming paired training at step {global_step // len(SIDES)} of {t.steps} from {ckpt}")
-    with warnings.catch_warnings():
-        # Resuming mid-epoch restarts the (shuffled, non-stateful) data order; steps, optimizer and LR schedule
-        # state continue exactly, which is what matters for finished work. Lightning's warning says only that.
-        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
-        try:
-            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
-        except SIGTERMException as e:  # Lightning exits with status 0 on SIGTERM; a stopped job is no success
-            raise Interrupted(f"stopped by SIGTERM at step {module.training_steps_done} of {t.steps}; the "
-                              f"checkpoint in {resume_ckpt.parent if resume_ckpt else '(none)'} keeps the finished "
-                              "steps: rerun the same command to resume") from e
-    if not module.history or module.history[-1]["step"] != t.steps:
-        trainer.validate(module, datamodule=dm, verbose=False)
+    fit_resumably(trainer, module, dm, resume_ckpt, "paired training", t.steps, steps_per_global=len(SIDES))
     stop_helper_ranks(trainer)
     ctx.timings["train"] = time.perf_counter() - t0
     for side in SIDES:
