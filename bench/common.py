@@ -138,3 +138,22 @@ def report(title: str, rows: list[dict], baseline: str, key: str, higher_is_bett
         write_json(Path(args.json), {"title": title, "args": vars(args), "rows": rows,
                                      "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                                      "threads": torch.get_num_threads()})
+
+
+def suite_context(model, tok, behavior: str, max_items: int | None, prefix: str = "wsteer-suite-"):
+    """(cfg, Context) for running a behavior's default evaluation suite on a loaded model with an empty item store
+    in a fresh temporary folder, so nothing is reused from earlier runs."""
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from wsteer.behaviors import Behavior
+    from wsteer.recipes._common import Context
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="steer", overrides=[f"behavior={behavior}", "logger=none",
+                                                      f"output_dir={work / 'out'}", f"paths.cache_dir={work}",
+                                                      f"eval.max_items={max_items or 'null'}"])
+    (work / "out").mkdir(parents=True)
+    return cfg, Context(cfg, model, tok, "bench", Behavior.from_cfg(cfg.behavior), work / "out")

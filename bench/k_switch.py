@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.common import ROOT, load, parser, questions, report, setup, timed  # noqa: E402
+from bench.common import load, parser, questions, report, setup, suite_context, timed  # noqa: E402
 from bench.generation import steering_vector  # noqa: E402
 from wsteer.generation import generate  # noqa: E402
 from wsteer.models import decoder_layers  # noqa: E402
@@ -112,22 +112,10 @@ def main():
 
 def suite_pass(model, tok, weight, args) -> dict:
     """Seconds of one evaluation pass of the behavior's default suite at k, as `steer.py` runs it once per k."""
-    import tempfile
-
-    from hydra import compose, initialize_config_dir
-
-    from wsteer.behaviors import Behavior
     from wsteer.evaluation.runner import build_evaluators, run_evaluators
-    from wsteer.recipes._common import Context
 
-    def one_pass() -> tuple[float, Path, Context]:
-        work = Path(tempfile.mkdtemp(prefix="wsteer-kswitch-"))  # an empty item store: nothing is reused
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="steer", overrides=[f"behavior={args.suite_behavior}", "logger=none",
-                                                          f"output_dir={work / 'out'}", f"paths.cache_dir={work}",
-                                                          f"eval.max_items={args.suite_max_items or 'null'}"])
-        (work / "out").mkdir(parents=True)
-        ctx = Context(cfg, model, tok, "bench", Behavior.from_cfg(cfg.behavior), work / "out")
+    def one_pass():
+        cfg, ctx = suite_context(model, tok, args.suite_behavior, args.suite_max_items, "wsteer-kswitch-")
         evaluators = build_evaluators(cfg)
         (_, records), dt = timed(lambda: run_evaluators(ctx, evaluators, weight, [args.k]), args.device)
         return dt, records, ctx

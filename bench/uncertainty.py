@@ -13,12 +13,11 @@ configured 1000 resamples) is timed alone, best of `--repeats`, and reported as 
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, load, parser, report, setup, timed  # noqa: E402
+from bench.common import load, parser, report, setup, suite_context, timed  # noqa: E402
 from bench.generation import steering_vector  # noqa: E402
 from wsteer.evaluation.uncertainty import differences_vs_k0, flat_uncertainty, summarize  # noqa: E402
 from wsteer.steering.weight import WeightSteerer  # noqa: E402
@@ -32,21 +31,11 @@ def main():
     p.add_argument("--suite-max-items", type=int, default=None, help="cap every evaluator's items")
     args = p.parse_args()
     setup(args)
-    from hydra import compose, initialize_config_dir
-
-    from wsteer.behaviors import Behavior
     from wsteer.evaluation.runner import bootstrap_settings, build_evaluators, run_evaluators
-    from wsteer.recipes._common import Context
 
     model, tok = load(args.arch, args.device)
     weight = WeightSteerer(steering_vector(model, args.arch))
-    work = Path(tempfile.mkdtemp(prefix="wsteer-unc-"))  # an empty item store: nothing is reused
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="steer", overrides=[f"behavior={args.suite_behavior}", "logger=none",
-                                                      f"output_dir={work / 'out'}", f"paths.cache_dir={work}",
-                                                      f"eval.max_items={args.suite_max_items or 'null'}"])
-    (work / "out").mkdir(parents=True)
-    ctx = Context(cfg, model, tok, "bench", Behavior.from_cfg(cfg.behavior), work / "out")
+    cfg, ctx = suite_context(model, tok, args.suite_behavior, args.suite_max_items, "wsteer-unc-")
     (_, records), pass_s = timed(lambda: run_evaluators(ctx, build_evaluators(cfg), weight, [0.0, args.k]),
                                  args.device)
     boot = bootstrap_settings(cfg)

@@ -37,6 +37,17 @@ def steering_report(title: str, meta: dict[str, str], questions: list[str], answ
     return "\n".join(lines) + "\n"
 
 
+def _metric_rows(ests: dict[tuple[str, float], dict[str, Estimate]], evaluators: list[str], ks: list[float],
+                 fmt) -> list[str]:
+    """One table row per evaluator metric, a cell per k."""
+    rows = []
+    for ev in evaluators:
+        for m in dict.fromkeys(m for (e, _), by_metric in ests.items() if e == ev for m in by_metric):
+            cells = [ests.get((ev, k), {}).get(m) for k in ks]
+            rows.append(f"| {ev}/{m} | " + " | ".join(fmt(c) if c else "" for c in cells) + " |")
+    return rows
+
+
 def evaluation_section(summary: dict[tuple[str, float], dict[str, Estimate]],
                        diffs: dict[tuple[str, float], dict[str, Estimate]], ks: list[float]) -> str:
     """Every evaluator metric per k as `value ± stderr (n)`, then the paired difference of each k against k = 0."""
@@ -45,20 +56,12 @@ def evaluation_section(summary: dict[tuple[str, float], dict[str, Estimate]],
         return ""
     lines = ["## Evaluations (paper §3)", "", f"{SHOWN}; n = items scored.", "",
              "| metric | " + " | ".join(f"k = {_k(k)}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-    for ev in evaluators:
-        names = list(dict.fromkeys(m for (e, _), ests in summary.items() if e == ev for m in ests))
-        for m in names:
-            cells = [summary.get((ev, k), {}).get(m) for k in ks]
-            lines.append(f"| {ev}/{m} | " + " | ".join(c.format(3) if c else "" for c in cells) + " |")
+    lines += _metric_rows(summary, evaluators, ks, lambda e: e.format(3))
     steered = [k for k in ks if k != 0]
     if diffs and steered:
         lines += ["", "### Paired differences against k = 0 (same items)", "",
                   "Δ = metric at k − metric at k = 0 on the items both scored, with a paired-bootstrap 95% interval; "
                   "`*` marks an interval that excludes 0. Without `*` the difference is not resolved at this n.", "",
                   "| metric | " + " | ".join(f"Δ k = {_k(k)}" for k in steered) + " |", "|---|" + "---|" * len(steered)]
-        for ev in evaluators:
-            names = list(dict.fromkeys(m for (e, _), ests in diffs.items() if e == ev for m in ests))
-            for m in names:
-                cells = [diffs.get((ev, k), {}).get(m) for k in steered]
-                lines.append(f"| {ev}/{m} | " + " | ".join(c.format_delta(3) if c else "" for c in cells) + " |")
+        lines += _metric_rows(diffs, evaluators, steered, lambda e: e.format_delta(3))
     return "\n".join(lines) + "\n\nPer-item outputs and scores: `eval_items.jsonl`.\n"
