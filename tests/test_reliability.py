@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, subprocess_env
+from tests.loopback import start_http, stop_http
 
 pytestmark = pytest.mark.reliability
 
@@ -350,9 +351,8 @@ class _BadJudgeServer:
 
     def __init__(self, mode: str):
         import json
-        import threading
         import time
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -382,13 +382,10 @@ class _BadJudgeServer:
                 except OSError:  # the client gave up (timeout case)
                     pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = start_http(Handler)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop_http(self.server)
 
 
 @pytest.fixture

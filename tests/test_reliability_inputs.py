@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, subprocess_env
+from tests.loopback import start_http, stop_http
 from wsteer.errors import WsteerError
 
 pytestmark = pytest.mark.reliability
@@ -51,7 +52,7 @@ class JudgeServer:
     """
 
     def __init__(self, mode: str = "good"):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         self.mode = mode
         self.posts = 0
@@ -101,14 +102,11 @@ class JudgeServer:
                 self._reply({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
                     {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = start_http(Handler)
 
     def close(self):
         self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_http(self.httpd)
 
 
 @pytest.fixture
