@@ -166,11 +166,14 @@ def plot_tone(rows: list[dict], path: Path, title: str) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for ax, metric, label in zip(axes, TONE, ["agreement markers", "push-back markers"], strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows):
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        step = 0.02 * (max(r["k"] for r in rows) - min(r["k"] for r in rows) or 1.0)
+        for i, method in enumerate(methods):
             pts = [r for r in rows if r["method"] == method and metric in r]
             err = [_err(r, metric) for r in pts]
-            ax.errorbar([r["k"] for r in pts], [r[metric] for r in pts], yerr=[[e[0] for e in err], [e[1] for e in err]],
-                        marker="o", capsize=3, label=method)
+            shift = (i - (len(methods) - 1) / 2) * step  # side by side, so the intervals do not hide each other
+            ax.errorbar([r["k"] + shift for r in pts], [r[metric] for r in pts],
+                        yerr=[[e[0] for e in err], [e[1] for e in err]], marker="o", ms=4, capsize=3, label=method)
         ax.axvline(0, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("k  (k < 0 removes the behavior)")
         ax.set_title(label)
