@@ -225,7 +225,8 @@ def test_the_data_seed_is_separate_and_recorded_in_the_data_manifest(smoke_cfg):
 def test_a_smoke_run_writes_stderr_keys_to_metrics_json_the_report_and_the_offline_wandb_run(smoke_cfg, tmp_path):
     from tests.wandb_records import read_run
 
-    cfg = smoke_cfg("steer", ["logger=wandb", "k=-20", "seed=2"])
+    # logger.dir: wandb keeps the first WANDB_DIR of a process, so an in-process run names its own folder
+    cfg = smoke_cfg("steer", ["logger=wandb", f"logger.dir={tmp_path}", "k=-20", "seed=2"])
     steer_recipe.run(cfg)
     out = Path(cfg.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())

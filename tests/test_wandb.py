@@ -56,7 +56,7 @@ def test_a_smoke_multirun_gives_grouped_named_tagged_runs_with_k_as_step_and_a_t
 def test_a_layer_sweep_logs_one_row_per_layer_against_layer_as_step(smoke_cfg, tmp_path):
     from wsteer.recipes import steer as steer_recipe
 
-    steer_recipe.run(smoke_cfg("steer", ["logger=wandb", "method=activation", "layers=all", "k=-2"]))
+    steer_recipe.run(smoke_cfg("steer", ["logger=wandb", f"logger.dir={tmp_path}", "method=activation", "layers=all", "k=-2"]))
     r = read_run(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
     assert r["metrics"]["layer_sweep/*"] == "layer"
     rows = [h for h in r["history"] if "layer" in h]
