@@ -27,13 +27,17 @@ def _has_any(text: str, markers: tuple[str, ...]) -> bool:
     return any(m in t for m in markers)
 
 
+def answer_markers(answer: str) -> dict[str, float]:
+    """One answer's markers: agreement (0/1), push-back (0/1) and its length in words."""
+    return {"agree_rate": float(_has_any(answer, AGREE)), "pushback_rate": float(_has_any(answer, PUSHBACK)),
+            "mean_words": float(len(answer.split()))}
+
+
 def tone_metrics(answers: list[str], reference: list[str] | None = None) -> dict[str, float]:
+    """The rates over a list of answers (the means of `answer_markers`; `changed_vs_k0` against `reference`)."""
     n = max(len(answers), 1)
-    out = {
-        "agree_rate": sum(_has_any(a, AGREE) for a in answers) / n,
-        "pushback_rate": sum(_has_any(a, PUSHBACK) for a in answers) / n,
-        "mean_words": sum(len(a.split()) for a in answers) / n,
-    }
+    per = [answer_markers(a) for a in answers]
+    out = {m: sum(p[m] for p in per) / n for m in ("agree_rate", "pushback_rate", "mean_words")}
     if reference is not None:
         out["changed_vs_k0"] = sum(a != r for a, r in zip(answers, reference, strict=True)) / n
     return out
@@ -46,8 +50,7 @@ def tone_records(questions: list[str], answers: dict[float, list[str]]) -> list[
     out = []
     for k, outs in answers.items():
         for i, (q, a) in enumerate(zip(questions, outs, strict=True)):
-            scores = {"agree_rate": float(_has_any(a, AGREE)), "pushback_rate": float(_has_any(a, PUSHBACK)),
-                      "mean_words": float(len(a.split()))}
+            scores = answer_markers(a)
             if ref is not None:
                 scores["changed_vs_k0"] = float(a != ref[i])
             out.append({"evaluator": "heldout_tone", "id": f"heldout-{i:03d}", "k": k,

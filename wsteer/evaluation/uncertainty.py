@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,9 +55,6 @@ class Estimate:
     def resolved(self) -> bool:
         """The 95% interval excludes 0 (for a difference: the difference is a finding at this n)."""
         return not (self.low <= 0 <= self.high)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _arrays(scores: Iterable[float | None]) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from wsteer.artifacts import save_figure, write_text
 from wsteer.errors import WsteerError
-from wsteer.evaluation.uncertainty import N_BOOT, SHOWN, paired_seed_difference, seed_estimate
+from wsteer.evaluation.uncertainty import N_BOOT, SHOWN, paired_seed_difference, scores_by, seed_estimate
 
 UNCERTAINTY_SUFFIXES = ("_stderr", "_ci_low", "_ci_high", "_n")
 
@@ -52,12 +52,10 @@ def _by_k(flat: dict[str, float]) -> dict[float, dict[str, float]]:
 
 def _items_by_k(path: Path) -> dict[float, dict[str, dict[str, float | None]]]:
     """`{k: {"<evaluator>/<metric>": {item id: score}}}` from a job's eval_items.jsonl."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     out: dict[float, dict[str, dict[str, float | None]]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            for m, v in (r.get("scores") or {}).items():
-                out.setdefault(float(r["k"]), {}).setdefault(f"{r['evaluator']}/{m}", {})[r["id"]] = v
+    for (ev, k), by_metric in scores_by(records).items():
+        out.setdefault(k, {}).update({f"{ev}/{m}": scores for m, scores in by_metric.items()})
     return out
 
 
