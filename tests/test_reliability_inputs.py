@@ -584,7 +584,7 @@ def test_two_identical_jobs_at_once_build_the_data_and_the_vector_once(tmp_path)
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     text = "".join(o[0] for o in outs)
     assert text.count("saved lora artifacts") == 1 and text.count("reusing cached lora artifacts") == 1, text
-    assert text.count("wsteer: building D+/D-:") == 1 and "another job is building" in text
+    assert text.count("wsteer: building D+/D-:") == 1  # without the lock both jobs would sample and train
     samples = list((tmp_path / "cache" / "samples").rglob("*.jsonl"))
     lines = sum(len(f.read_text().splitlines()) for f in samples)
     assert lines == 2 * 20 * 5  # each (question, prompt, sample) once per side, not twice (debug=smoke: 1 sample)
