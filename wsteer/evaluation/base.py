@@ -100,13 +100,19 @@ class Evaluator(L.LightningModule):
     strata: tuple[str, ...] = ("category",)  # item fields a `limit` sample is stratified by (stratified_order)
     relative_metrics: tuple[str, ...] = ()  # scores that compare an item with its own k = 0 record (relative_to_k0)
 
-    def __init__(self, limit: int | None = None, seed: int = 0, max_new_tokens: int = 64, batch_size: int = 16):
+    def __init__(self, limit: int | None = None, seed: int = 0, max_new_tokens: int = 64, batch_size: int = 16,
+                 offset: int = 0):
         super().__init__()
         if limit is not None and int(limit) < 1:
             raise WsteerError(f"evaluator {self.name}: limit={limit} must be ≥ 1 (or null for all items)")
+        if int(offset) < 0:
+            raise WsteerError(f"evaluator {self.name}: offset={offset} must be ≥ 0")
         if int(max_new_tokens) < 1 or int(batch_size) < 1:
             raise WsteerError(f"evaluator {self.name}: max_new_tokens and batch_size must be ≥ 1")
         self.limit, self.seed = limit, seed
+        # `offset` skips the first items of the stratified order: a search tunes k on items [0, N) and reports on
+        # [N, N + limit), so the reported numbers are not the ones k was chosen on (recipes/search.py)
+        self.offset = int(offset)
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
         self.metrics = torch.nn.ModuleDict({m: MeanMetric(nan_strategy="ignore") for m in self.metric_names})
         self.data_hash: str | None = None  # of every loaded item, set by items(): part of the item-store key
@@ -133,7 +139,9 @@ class Evaluator(L.LightningModule):
     def settings(self) -> dict:
         """Everything that changes an item's result; part of the store key and the run record."""
         return {"evaluator": self.name, "version": self.version, "limit": self.limit, "seed": self.seed,
-                "sample": f"stratified by {'+'.join(self.strata)}, seed {self.seed}" if self.limit else "all",
+                "sample": (f"stratified by {'+'.join(self.strata)}, seed {self.seed}" if self.limit or self.offset
+                           else "all") + (f", after the first {self.offset}" if self.offset else ""),
+                "offset": self.offset,
                 "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
 
     # ---- to implement ---------------------------------------------------------------------------------------
@@ -149,9 +157,12 @@ class Evaluator(L.LightningModule):
         the hash of everything loaded, so an edited data file never reuses answers stored for the old one."""
         items = self.load_items()
         self.data_hash = stable_hash(items)
-        items = stratified_order(items, self.strata, self.seed)[: self.limit] if self.limit else items
+        if self.limit or self.offset:
+            end = self.offset + self.limit if self.limit else None
+            items = stratified_order(items, self.strata, self.seed)[self.offset: end]
         if not items:
-            raise WsteerError(f"evaluator {self.name} has no items (limit={self.limit})")
+            raise WsteerError(f"evaluator {self.name} has no items (limit={self.limit}, offset={self.offset}); "
+                              "lower the offset or raise the limit")
         return items
 
     def answer(self, messages: list[list[dict[str, str]]], max_new_tokens: int | None = None) -> list[str]:
