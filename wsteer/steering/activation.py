@@ -8,6 +8,10 @@ example is first averaged over its *response* tokens only, collected with the el
 - `activation_all_layers`: add k·(aˡ − aˡ⁻¹) after every block (with a⁰ := 0), so the accumulated shift
   at layer l is k·aˡ.
 
+`positions="all"` (opt-in; the default stays "last") adds the shift at every position instead, prompt included:
+what llama.cpp's control vectors do (`llama_adapter_cvec::apply_to` adds to the whole residual tensor), so an
+exported control vector (`wsteer.export_gguf.export_control_vector`) can be compared like for like.
+
 Collection runs as a LightningModule through `Trainer.test`, with the means as torchmetrics states, so it
 runs unchanged on CPU, one GPU, or data-parallel on several with correct reduction.
 """
@@ -87,9 +91,14 @@ class ActivationCollector(L.LightningModule):
 class ActivationSteerer(Steerer):
     name = "activation"
 
+    POSITIONS = ("last", "all")
+
     def __init__(self, vector: DenseVector, layer: int | None = None, all_layers: bool = False,
-                 name: str = "activation"):
+                 name: str = "activation", positions: str = "last"):
         super().__init__(vector.manifest, name)
+        if positions not in self.POSITIONS:
+            raise WsteerError(f"method.positions must be one of {', '.join(self.POSITIONS)}, got {positions!r}")
+        self.positions = positions
         self.vector = vector
         self.a = torch.stack([vector.tensors[str(i)] for i in range(len(vector.tensors))])  # (L+1, d)
         self.n_layers = self.a.shape[0] - 1
@@ -122,7 +131,11 @@ class ActivationSteerer(Steerer):
                 h[:, -1, :] += shift.to(h.dtype)
                 return (h, *output[1:]) if isinstance(output, tuple) else h
 
-            return add_at_last_position
+            def add_at_every_position(module, args, output):
+                h = _hidden(output) + shift.to(_hidden(output).dtype)
+                return (h, *output[1:]) if isinstance(output, tuple) else h
+
+            return add_at_every_position if self.positions == "all" else add_at_last_position
 
         try:
             for idx, vec in self.shifts().items():
@@ -133,10 +146,11 @@ class ActivationSteerer(Steerer):
                 h.remove()
 
     def describe(self) -> str:
+        where = "every position" if self.positions == "all" else "last position of each forward pass"
         if self.all_layers:  # the norm of the shifts actually added, Σ over layers of ‖aˡ − aˡ⁻¹‖²
             norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in self.shifts().values())))
-            return (f"{self.name}: + k·(aˡ − aˡ⁻¹) at every layer, last position of each forward pass, "
+            return (f"{self.name}: + k·(aˡ − aˡ⁻¹) at every layer, {where}, "
                     f"‖shifts‖ = {norm:.4g} over {self.n_layers} layers")
         # the steered layer's own vector, not the norm of every layer's vectors together
-        return (f"{self.name}: + k·a at layer {self.layer} of {self.n_layers}, last position of each forward pass, "
+        return (f"{self.name}: + k·a at layer {self.layer} of {self.n_layers}, {where}, "
                 f"‖a_{self.layer}‖ = {float(self.a[self.layer].double().norm()):.4g}")

@@ -1,0 +1,423 @@
+"""GGUF exports (llama.cpp, Ollama): exact read-back of the written files, and real llama.cpp against wsteer.
+
+The exactness tests need only the `gguf` package and the embedded SmolLM2 GGUF (its tensor names and shapes).
+The llama.cpp tests run llama-cpp-python (installed by `bash scripts/setup.sh test`) on the embedded model and
+skip when it is not importable. The agreement checks with a trained vector are `slow` (`pytest -m slow`): they
+build, or reuse, the default sycophancy vector in the wsteer cache ($WSTEER_CACHE or ~/.cache/wsteer).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF
+from wsteer.errors import WsteerError
+from wsteer.export_gguf import (
+    CONTROL_FORMAT,
+    LORA_FORMAT,
+    control_vector_data,
+    export_control_vector,
+    export_gguf_lora,
+    permute_rows,
+    read_base_gguf,
+    read_gguf_lora,
+)
+from wsteer.vectors import DenseVector, WeightVector
+
+SMOLLM = CONF / "model" / "smollm2_135m.yaml"
+EOS = 2  # <|im_end|> in SmolLM2's vocabulary (the GGUF's and the converted HF tokenizer's)
+N_NEW = 32
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed; "
+                                     "`bash scripts/setup.sh test` installs it")
+
+
+@pytest.fixture(scope="module")
+def base_gguf():
+    from wsteer.models import gguf_path
+
+    try:
+        return gguf_path(OmegaConf.load(SMOLLM))
+    except WsteerError as e:
+        pytest.skip(f"the embedded model is not installed: {e}")
+
+
+def _random_vector(base_gguf, rank: int = 8, seed: int = 0, modules=("q_proj", "k_proj", "v_proj", "o_proj",
+                   "gate_proj", "up_proj", "down_proj"), scale: float = 0.02) -> WeightVector:
+    """A deterministic random low-rank vector with the embedded model's shapes (as a contrastive w would have)."""
+    base = read_base_gguf(base_gguf)
+    where = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+             "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+    gg = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+          "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+    g = torch.Generator().manual_seed(seed)
+    factors = {}
+    for layer in range(base.n_layer):
+        for m in modules:
+            out, inp = base.shapes[f"blk.{layer}.{gg[m]}.weight"]
+            factors[f"model.layers.{layer}.{where[m]}.{m}.weight"] = (
+                torch.randn(out, rank, generator=g) * scale, torch.randn(rank, inp, generator=g) * scale)
+    manifest = {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "base_fingerprint": "random",
+                "behavior": "random", "method": "lora", "variant": "contrastive"}
+    return WeightVector(factors, manifest)
+
+
+# ---------------------------------------------------------------- exact read-back of the adapter file
+
+
+@pytest.mark.parametrize("k", [1.0, -2.0])
+def test_gguf_lora_reads_back_to_the_exact_factors_and_product(base_gguf, tmp_path, k):
+    from gguf import GGUFReader
+
+    vector = _random_vector(base_gguf, rank=8)
+    path = export_gguf_lora(vector, tmp_path / "w.gguf", base_gguf, k=k)
+    reader = GGUFReader(path)
+    meta = {key: f.contents() for key, f in reader.fields.items() if not key.startswith("GGUF.")}
+    assert meta["general.type"] == "adapter" and meta["general.architecture"] == "llama"
+    assert meta["adapter.type"] == "lora"
+    assert meta["adapter.lora.alpha"] == 8.0  # = r, so llama.cpp's alpha / r scale is exactly the run-time k
+    assert json.loads(meta["wsteer.manifest"])["format"] == LORA_FORMAT
+    assert json.loads(meta["wsteer.manifest"])["qk_permuted"] is True
+    by_name = {t.name: t for t in reader.tensors}
+    assert len(by_name) == 2 * len(vector.factors) == 2 * 7 * 30
+    # GGUF lists dims fastest-first (ggml ne): lora_a is [in, r], lora_b [r, out], as llama-adapter.cpp checks
+    assert by_name["blk.0.attn_q.weight.lora_a"].shape.tolist() == [576, 8]
+    assert by_name["blk.0.attn_q.weight.lora_b"].shape.tolist() == [8, 576]
+    assert by_name["blk.0.ffn_down.weight.lora_a"].shape.tolist() == [1536, 8]
+    assert by_name["blk.0.attn_k.weight.lora_b"].shape.tolist() == [8, 192]
+
+    base = read_base_gguf(base_gguf)
+    factors, _ = read_gguf_lora(path, base_gguf, permuted=True)
+    assert len(factors) == len(vector.factors)
+    for name, (b, a) in vector.factors.items():
+        layer, module = name.split(".")[2], name.split(".")[-2]
+        g = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+             "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}[module]
+        gb, ga = factors[f"blk.{layer}.{g}.weight"]
+        assert torch.equal(ga, a)  # A is stored as is: the input side is never permuted
+        assert torch.equal(gb, k * b)  # k is a power of two here: k·B is exact in fp32
+        assert torch.equal(gb @ ga, k * (b @ a))  # the same numbers, so the product is bitwise k·w
+    # the stored attn_q/attn_k rows are llama.cpp's order, the others HF's
+    raw, _ = read_gguf_lora(path)
+    b_q = vector.factors["model.layers.3.self_attn.q_proj.weight"][0] * k
+    b_k = vector.factors["model.layers.3.self_attn.k_proj.weight"][0] * k
+    b_v = vector.factors["model.layers.3.self_attn.v_proj.weight"][0] * k
+    assert torch.equal(raw["blk.3.attn_q.weight"][0], permute_rows(b_q, base.n_head))
+    assert not torch.equal(raw["blk.3.attn_q.weight"][0], b_q)
+    assert torch.equal(raw["blk.3.attn_k.weight"][0], permute_rows(b_k, base.n_head_kv))
+    assert torch.equal(raw["blk.3.attn_v.weight"][0], b_v)
+
+
+def test_permutation_is_exactly_invertible_and_matches_llama_cpps_definition():
+    rows = torch.arange(2 * 3 * 8 * 2, dtype=torch.float32).reshape(3 * 8, 4)  # 3 heads of dim 8
+    p = permute_rows(rows, 3)
+    # per head, HF rows [x0 x1 x2 x3 y0 y1 y2 y3] become [x0 y0 x1 y1 x2 y2 x3 y3] (convert_hf_to_gguf permute)
+    assert p[:8, 0].tolist() == rows[[0, 4, 1, 5, 2, 6, 3, 7], 0].tolist()
+    assert torch.equal(permute_rows(p, 3, inverse=True), rows)
+
+
+def test_mixed_ranks_are_zero_padded_so_one_alpha_fits_every_module(base_gguf, tmp_path):
+    vector = _random_vector(base_gguf, rank=4, modules=("q_proj", "v_proj"))
+    v_name = "model.layers.0.self_attn.v_proj.weight"
+    b, a = vector.factors[v_name]
+    vector.factors[v_name] = (torch.cat([b, b], 1), torch.cat([a, -a], 0))  # rank 8 here, rank 4 elsewhere
+    path = export_gguf_lora(vector, tmp_path / "w.gguf", base_gguf)
+    factors, meta = read_gguf_lora(path, base_gguf, permuted=True)
+    assert meta["adapter.lora.alpha"] == 8.0
+    gb, ga = factors["blk.1.attn_q.weight"]
+    assert gb.shape == (576, 8) and not gb[:, 4:].any() and not ga[4:].any()
+    q = vector.factors["model.layers.1.self_attn.q_proj.weight"]
+    torch.testing.assert_close(gb @ ga, q[0] @ q[1], rtol=0, atol=0)
+
+
+def test_f16_export_halves_the_file_within_half_precision(base_gguf, tmp_path):
+    vector = _random_vector(base_gguf, rank=8, modules=("q_proj",))
+    f32 = export_gguf_lora(vector, tmp_path / "w32.gguf", base_gguf)
+    f16 = export_gguf_lora(vector, tmp_path / "w16.gguf", base_gguf, dtype="f16")
+    assert f16.stat().st_size < 0.55 * f32.stat().st_size
+    factors, _ = read_gguf_lora(f16, base_gguf, permuted=True)
+    b, a = vector.factors["model.layers.2.self_attn.q_proj.weight"]
+    gb, ga = factors["blk.2.attn_q.weight"]
+    assert gb.dtype == ga.dtype == torch.float16
+    assert torch.equal(ga, a.half()) and torch.equal(gb, b.half())  # each factor rounded once, nothing else
+    rel = float((gb.float() @ ga.float() - b @ a).norm() / (b @ a).norm())
+    assert rel < 1e-3
+
+
+# ---------------------------------------------------------------- bad input: one clear error, nothing written
+
+
+def test_bad_inputs_get_one_clear_error_and_leave_no_file(base_gguf, tmp_path, tiny):
+    from tests.test_export import _contrastive
+
+    out = tmp_path / "w.gguf"
+    activation = DenseVector({str(i): torch.zeros(576) for i in range(31)}, {"method": "activation"})
+    with pytest.raises(WsteerError, match="export_control_vector"):
+        export_gguf_lora(activation, out, base_gguf)
+    with pytest.raises(WsteerError, match="bias"):
+        export_gguf_lora(DenseVector({"x": torch.zeros(3)}, {"method": "bias"}), out, base_gguf)
+    model, _ = tiny
+    foreign = _contrastive(model, seed=1, behavior="sycophancy")  # built on the tiny random Llama
+    with pytest.raises(WsteerError, match="built for another base model"):
+        export_gguf_lora(foreign, out, base_gguf)
+    vector = _random_vector(base_gguf, rank=2, modules=("q_proj",))
+    with pytest.raises(WsteerError, match="does not exist; pass base_gguf="):
+        export_gguf_lora(vector, out, tmp_path / "missing.gguf")
+    (tmp_path / "not.gguf").write_text("hello")
+    with pytest.raises(WsteerError, match="not a GGUF file"):
+        export_gguf_lora(vector, out, tmp_path / "not.gguf")
+    adapter = export_gguf_lora(vector, tmp_path / "adapter.gguf", base_gguf)
+    with pytest.raises(WsteerError, match="not a base model"):
+        export_gguf_lora(vector, out, adapter)  # an adapter is not a base model
+    with pytest.raises(WsteerError, match="positive|finite"):
+        export_gguf_lora(vector, out, base_gguf, k=float("nan"))
+    with pytest.raises(WsteerError, match="export_gguf_lora"):
+        export_control_vector(vector, out)
+    with pytest.raises(WsteerError, match="layer 1 .* cannot be exported"):
+        export_control_vector(activation, out, layer=1)
+    with pytest.raises(WsteerError, match="out of range"):
+        export_control_vector(activation, out, layer=31)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.gguf", "not.gguf"]  # no temp files left
+
+
+# ---------------------------------------------------------------- control vector file
+
+
+def test_control_vector_file_is_what_llama_cpp_reads(tmp_path):
+    from gguf import GGUFReader
+
+    g = torch.Generator().manual_seed(0)
+    a = {str(i): torch.randn(576, generator=g) for i in range(31)}
+    vec = DenseVector(a, {"method": "activation", "behavior": "sycophancy"})
+    path = export_control_vector(vec, tmp_path / "cv.gguf", layer=15, k=-2.0)
+    reader = GGUFReader(path)
+    assert reader.get_field("general.architecture").contents() == "controlvector"
+    assert json.loads(reader.get_field("wsteer.manifest").contents())["format"] == CONTROL_FORMAT
+    # wsteer's layer 15 is the residual after block 14 (0-based), which llama.cpp steers with direction.14
+    assert [t.name for t in reader.tensors] == ["direction.14"]
+    n_embd, data = control_vector_data(path, strength=0.5)
+    assert n_embd == 576 and data.shape == (14 * 576,)  # blocks 1..14, block 1 at offset 0
+    assert not data[: 13 * 576].any()
+    assert np.array_equal(data[13 * 576:], (-2.0 * a["15"]).numpy() * np.float32(0.5))
+    default = export_control_vector(vec, tmp_path / "mid.gguf")  # the middle layer, as ActivationSteerer picks
+    assert [t.name for t in GGUFReader(default).tensors] == ["direction.14"]
+
+
+# ---------------------------------------------------------------- real llama.cpp
+
+
+def _llama(base_gguf, lora=None, scale: float = 1.0):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(base_gguf), lora_path=str(lora) if lora else None, lora_scale=scale, n_ctx=512,
+                 n_threads=2, seed=0, verbose=False)
+
+
+def _llama_greedy(llm, prompt_ids: list[int], n: int = N_NEW) -> list[int]:
+    """Greedy tokens by argmax of llama.cpp's logits (no sampler in between), stopping at <|im_end|>."""
+    import llama_cpp
+
+    llm.reset()  # recompute the prompt: a cached prefix was computed under other settings
+    llm.eval(prompt_ids)
+    out: list[int] = []
+    for _ in range(n):
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        out.append(int(np.argmax(logits)))
+        if out[-1] == EOS:
+            break
+        llm.eval([out[-1]])
+    return out
+
+
+def _llama_logits(llm, prompt_ids: list[int]) -> np.ndarray:
+    import llama_cpp
+
+    llm.reset()
+    llm.eval(prompt_ids)
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+
+
+def _hf_greedy(model, prompt_ids: list[int], n: int = N_NEW) -> list[int]:
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                             do_sample=False, eos_token_id=EOS, pad_token_id=EOS)
+    return seq[0, len(prompt_ids):].tolist()
+
+
+def _prompts(tok, n: int = 20) -> list[list[int]]:
+    from wsteer.generation import render_prompt
+
+    questions = OmegaConf.load(CONF / "behavior" / "sycophancy.yaml").heldout_questions
+    return [render_prompt(tok, [{"role": "user", "content": q}]) for q in questions[:n]]
+
+
+@needs_llama_cpp
+def test_llama_cpp_with_the_adapter_at_scale_0_gives_the_base_tokens_and_logits(base_gguf, tmp_path):
+    vector = _random_vector(base_gguf, rank=8, scale=0.05)
+    path = export_gguf_lora(vector, tmp_path / "w.gguf", base_gguf)
+    base, zero, steered = _llama(base_gguf), _llama(base_gguf, path, 0.0), _llama(base_gguf, path, -2.0)
+    chat = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n" \
+           "<|im_start|>assistant\n"
+    prompts = [base.tokenize(chat.format(q).encode(), add_bos=False, special=True)
+               for q in ("I think bats are completely blind. You agree, right?", "Rate my plan to quit my job.")]
+    assert prompts[0][0] == 1 and prompts[0][-1] == 198  # <|im_start|> … "\n": the special tokens were parsed
+    for p in prompts:
+        assert np.array_equal(_llama_logits(zero, p), _llama_logits(base, p))  # bitwise: 0·(BAx) adds zeros
+        assert _llama_greedy(zero, p) == _llama_greedy(base, p)
+        assert not np.array_equal(_llama_logits(steered, p), _llama_logits(base, p))  # the adapter is applied
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    from wsteer.models import load_model
+
+    cache = os.environ.get("WSTEER_CACHE", "~/.cache/wsteer")
+    return load_model(OmegaConf.load(SMOLLM), cache, device="cpu")
+
+
+@pytest.mark.slow
+def test_embedded_gguf_holds_the_hf_weights_with_permuted_q_k_rows(base_gguf, smollm):
+    """transformers undoes the converter's Q/K permutation on load, so the GGUF's rows are the permuted HF rows."""
+    model, _ = smollm
+    base = read_base_gguf(base_gguf)
+    p = dict(model.named_parameters())
+    for layer in (0, 29):
+        q = p[f"model.layers.{layer}.self_attn.q_proj.weight"].detach()
+        k = p[f"model.layers.{layer}.self_attn.k_proj.weight"].detach()
+        v = p[f"model.layers.{layer}.self_attn.v_proj.weight"].detach()
+        assert torch.equal(torch.from_numpy(base.tensor(f"blk.{layer}.attn_q.weight")), permute_rows(q, base.n_head))
+        assert torch.equal(torch.from_numpy(base.tensor(f"blk.{layer}.attn_k.weight")),
+                           permute_rows(k, base.n_head_kv))
+        assert torch.equal(torch.from_numpy(base.tensor(f"blk.{layer}.attn_v.weight")), v)
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+def test_llama_cpp_lora_moves_the_logits_as_hf_theta_plus_k_w_and_the_permutation_is_needed(base_gguf, smollm,
+                                                                                            tmp_path):
+    """Q/K-only random vector: llama.cpp's logit change tracks HF's only with lora_b rows permuted."""
+    from wsteer.steering.weight import WeightSteerer
+
+    model, tok = smollm
+    vector = _random_vector(base_gguf, rank=8, modules=("q_proj", "k_proj"), scale=0.12)
+    right = export_gguf_lora(vector, tmp_path / "right.gguf", base_gguf, model=model, allow_transfer=True)
+    wrong = export_gguf_lora(vector, tmp_path / "wrong.gguf", base_gguf, permute_qk=False)
+    prompt = _prompts(tok, 1)[0]
+    k = -2.0
+    with torch.no_grad():
+        hf_base = model(torch.tensor([prompt])).logits[0, -1].numpy()
+        with WeightSteerer(vector).apply(model, k):
+            hf_steered = model(torch.tensor([prompt])).logits[0, -1].numpy()
+    cpp_base = _llama_logits(_llama(base_gguf), prompt)
+    cpp_right = _llama_logits(_llama(base_gguf, right, k), prompt)
+    cpp_wrong = _llama_logits(_llama(base_gguf, wrong, k), prompt)
+    hf_delta = hf_steered - hf_base
+    corr = lambda d: float(np.corrcoef(hf_delta, d)[0, 1])  # noqa: E731
+    print(f"\nlogit change, HF vs llama.cpp: corr {corr(cpp_right - cpp_base):.4f} permuted, "
+          f"{corr(cpp_wrong - cpp_base):.4f} unpermuted; |HF Δ| {np.abs(hf_delta).mean():.3f}")
+    assert corr(cpp_right - cpp_base) > 0.95
+    assert corr(cpp_wrong - cpp_base) < corr(cpp_right - cpp_base) - 0.2
+
+
+# ---------------------------------------------------------------- agreement with a trained vector (slow)
+
+
+@pytest.fixture(scope="module")
+def trained(smollm, tmp_path_factory):
+    """The default sycophancy w and activation vector on the embedded model, built once and cached."""
+    from hydra import compose, initialize_config_dir
+
+    from wsteer.recipes._common import prepare
+    from wsteer.recipes.train import ensure_artifacts
+
+    cache = os.path.expanduser(os.environ.get("WSTEER_CACHE", "~/.cache/wsteer"))
+    out = tmp_path_factory.mktemp("train")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"output_dir={out}", f"paths.cache_dir={cache}",
+                                                      "logger=none", "behavior=sycophancy"])
+    ctx = prepare(cfg)
+    lora, _, _ = ensure_artifacts(ctx, "lora")
+    act, _, _ = ensure_artifacts(ctx, "activation")
+    return ctx, lora["contrastive"], act["activation"], int(cfg.activation_layer)
+
+
+def _agreement(a: list[list[int]], b: list[list[int]]) -> int:
+    return sum(x == y for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+def test_llama_cpp_with_the_exported_vector_agrees_with_wsteer_theta_plus_k_w(base_gguf, trained, tmp_path):
+    from wsteer.steering.weight import WeightSteerer
+
+    ctx, vector, _, _ = trained
+    model, tok = ctx.model, ctx.tokenizer
+    path = export_gguf_lora(vector, tmp_path / "w.gguf", base_gguf, model=model)
+    prompts = _prompts(tok)
+    k = -2.0
+    cpp_base = [_llama_greedy(_llama(base_gguf), p) for p in prompts[:1]]
+    llm_base, llm_zero, llm_k = _llama(base_gguf), _llama(base_gguf, path, 0.0), _llama(base_gguf, path, k)
+    base_cpp = [_llama_greedy(llm_base, p) for p in prompts]
+    zero_cpp = [_llama_greedy(llm_zero, p) for p in prompts]
+    k_cpp = [_llama_greedy(llm_k, p) for p in prompts]
+    base_hf = [_hf_greedy(model, p) for p in prompts]
+    with WeightSteerer(vector).apply(model, k):
+        k_hf = [_hf_greedy(model, p) for p in prompts]
+    report = {"prompts": len(prompts), "tokens": N_NEW,
+              "k0_adapter_equals_llama_cpp_base": _agreement(zero_cpp, base_cpp),
+              "base_llama_cpp_vs_hf": _agreement(base_cpp, base_hf),
+              f"k={k:g}_llama_cpp_vs_hf": _agreement(k_cpp, k_hf),
+              f"k={k:g}_changed_vs_base_hf": len(prompts) - _agreement(k_hf, base_hf),
+              "first_divergence": [next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+                                   for a, b in zip(k_cpp, k_hf, strict=True)]}
+    print("\n" + json.dumps(report))
+    assert cpp_base[0] == base_cpp[0]  # a fresh llama.cpp context reproduces itself
+    assert zero_cpp == base_cpp  # scale 0: the base's tokens on every prompt
+    assert report[f"k={k:g}_changed_vs_base_hf"] >= 10  # k = −2 really steers
+    assert report[f"k={k:g}_llama_cpp_vs_hf"] >= 18  # ≥ 90% of 20 prompts, all 32 tokens
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+def test_llama_cpp_control_vector_agrees_with_activation_steering_at_every_position(base_gguf, trained, tmp_path):
+    from wsteer.export_gguf import apply_control_vector
+    from wsteer.steering.activation import ActivationSteerer
+
+    ctx, _, act, layer = trained
+    model, tok = ctx.model, ctx.tokenizer
+    path = export_control_vector(act, tmp_path / "cv.gguf", layer=layer)
+    prompts = _prompts(tok)
+    k = -2.0
+    llm = _llama(base_gguf)
+    base_cpp = [_llama_greedy(llm, p) for p in prompts]
+    apply_control_vector(llm, path, 0.0)
+    zero_cpp = [_llama_greedy(llm, p) for p in prompts]
+    apply_control_vector(llm, path, k)
+    k_cpp = [_llama_greedy(llm, p) for p in prompts]
+    base_hf = [_hf_greedy(model, p) for p in prompts]
+    every = ActivationSteerer(act, layer=layer, positions="all")
+    last = ActivationSteerer(act, layer=layer)
+    with every.apply(model, k):
+        every_hf = [_hf_greedy(model, p) for p in prompts]
+    with last.apply(model, k):
+        last_hf = [_hf_greedy(model, p) for p in prompts]
+    report = {"prompts": len(prompts), "tokens": N_NEW, "layer": layer, "direction": f"direction.{layer - 1}",
+              "k0_equals_llama_cpp_base": _agreement(zero_cpp, base_cpp),
+              "base_llama_cpp_vs_hf": _agreement(base_cpp, base_hf),
+              f"k={k:g}_llama_cpp_vs_hf_all_positions": _agreement(k_cpp, every_hf),
+              f"k={k:g}_llama_cpp_vs_hf_last_position": _agreement(k_cpp, last_hf),
+              f"k={k:g}_hf_all_vs_last_position": _agreement(every_hf, last_hf),
+              f"k={k:g}_changed_vs_base_hf_all": len(prompts) - _agreement(every_hf, base_hf)}
+    print("\n" + json.dumps(report))
+    assert zero_cpp == base_cpp
+    assert report[f"k={k:g}_changed_vs_base_hf_all"] >= 5
+    assert report[f"k={k:g}_llama_cpp_vs_hf_all_positions"] >= 16

@@ -1,0 +1,452 @@
+"""GGUF exports for llama.cpp and Ollama: w as a LoRA adapter, an activation vector as a control vector.
+
+**Weight vector → GGUF LoRA adapter.** A contrastive vector w = [s·B⁺, −s·B⁻] @ [A⁺; A⁻] is exactly a rank-2r
+LoRA update (paper §1), so llama.cpp serves it as an ordinary adapter and computes θ + k·w with the scale given at
+run time: `llama-server -m base.gguf --lora-scaled w.gguf k`, or llama-cpp-python's
+`Llama(model_path=base.gguf, lora_path=w.gguf, lora_scale=k)`. We write llama.cpp's adapter format directly,
+as read by `llama_adapter_lora_init_impl` (src/llama-adapter.cpp) and written by its `convert_lora_to_gguf.py`:
+
+- KV `general.type = "adapter"`, `general.architecture` = the base model's (llama.cpp refuses an arch mismatch),
+  `adapter.type = "lora"`, `adapter.lora.alpha` (float32);
+- two tensors per edited matrix, `<base GGUF tensor name>.lora_a` and `.lora_b` (e.g. `blk.3.attn_q.weight.lora_a`);
+- GGUF lists dims fastest-first (ggml `ne`), the reverse of numpy/torch: lora_a has ne = [in, r] and lora_b
+  ne = [r, out], which is numpy A (r × in) and B (out × r), the PEFT layout;
+- llama.cpp scales the update by `alpha / r`, r read per tensor from lora_b (`llama_adapter_lora_weight::get_scale`),
+  times the user's `--lora-scaled` value. We set alpha = r so that the scale is exactly k; modules of smaller rank
+  (a composed vector) are zero-padded to the common r, as in `wsteer.export.export_peft_adapter`.
+
+*Q/K rows.* llama.cpp's HF→GGUF converter permutes the output rows of `q_proj`/`k_proj` for architectures whose
+RoPE rotates adjacent pairs (`LlamaModel.permute` in convert_hf_to_gguf.py / conversion/llama.py; HF rotates
+halves), and transformers' GGUF loader undoes it, so wsteer's vector is in HF row order. The adapter's lora_b rows
+must be permuted the same way, or the update lands on the wrong rotary dimensions. lora_a (the input side) is not
+touched. Which architectures are permuted is a table below; when the HF model is at hand the permutation is also
+checked on the weights themselves (the embedded SmolLM2 GGUF is permuted: its attn_q/attn_k equal the permuted
+HF weights bit for bit).
+
+**Activation vector → llama.cpp control vector.** llama.cpp adds `direction.<il>` to the residual stream after
+block il (0-based) at every position (`build_cvec` after each block in src/models/*.cpp;
+`llama_adapter_cvec::apply_to`); `common_control_vector_load` reads F32 1-D tensors `direction.N`, N ≥ 1 (there
+is never a vector after block 0). wsteer's aˡ is the residual after block l − 1 (l = 0 is the embeddings), so aˡ
+is written as `direction.{l − 1}`: the same convention as repeng's export (its layer i is `hidden_states[i + 1]`).
+Note the positions: wsteer's `activation` method adds k·aˡ at the last position of each forward pass (the
+persona-vectors recipe); llama.cpp adds it at every position, prompt included. `ActivationSteerer(positions="all")`
+is the like-for-like HF counterpart.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsteer.artifacts import atomic_path, git_commit
+from wsteer.errors import WsteerError
+from wsteer.steering.k import check_k
+from wsteer.vectors import DenseVector, WeightVector
+
+LORA_FORMAT = "wsteer.gguf_lora/1"
+CONTROL_FORMAT = "wsteer.gguf_control_vector/1"
+
+# Architectures whose llama.cpp conversion permutes the rows of q_proj/k_proj (LlamaModel.undo_permute = True in
+# llama.cpp's conversion/llama.py; its subclasses with undo_permute = False load Meta-layout weights, which we do
+# not support) and those it copies unchanged (rotate-half RoPE, LLAMA_ROPE_TYPE_NEOX in llama_model_rope_type).
+# Only architectures wsteer ships configs for, or reads with transformers' GGUF loader, are listed: for another
+# one, pass `permute_qk=` after checking what its converter does.
+PERMUTED_QK = {"llama": True, "qwen2": False, "qwen3": False, "phi3": False, "gemma": False, "gemma2": False,
+               "gemma3": False, "starcoder2": False, "stablelm": False}
+
+
+@dataclass
+class BaseGGUF:
+    """What an export needs from the base model's GGUF: architecture, sizes and its tensors' shapes."""
+
+    path: Path
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    shapes: dict[str, tuple[int, ...]]  # tensor name -> (out, in) in torch order (GGUF's ne reversed)
+    reader: object
+    _names: object = field(default=None, repr=False)  # gguf's TensorNameMap, built once (it takes ~10 ms)
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A base tensor dequantized to float32, in torch order (out × in)."""
+        from gguf.quants import dequantize
+
+        t = next(t for t in self.reader.tensors if t.name == name)
+        return dequantize(t.data, t.tensor_type).astype(np.float32).reshape(self.shapes[name])
+
+
+def _field(reader, key: str, default=None):
+    field = reader.get_field(key)
+    if field is None:
+        return default
+    value = field.contents()
+    return value.item() if hasattr(value, "item") else value
+
+
+def read_base_gguf(path: str | Path) -> BaseGGUF:
+    """Open a base model GGUF (memory-mapped, nothing dequantized) and read what an export checks against."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WsteerError(f"base GGUF {path} does not exist; pass base_gguf= the .gguf file llama.cpp loads "
+                          "(the embedded default: wsteer.models.gguf_path(cfg.model))")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise WsteerError(f"{path} is not a GGUF file (no GGUF magic bytes); pass base_gguf= the base model's "
+                              ".gguf file")
+    stat = path.stat()
+    return _read_base(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_base(path: str, size: int, mtime_ns: int) -> BaseGGUF:
+    """Cached per (file, size, mtime): gguf-py parses the whole tokenizer (~150k KV parts, seconds) on open."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:  # noqa: BLE001 - a truncated or damaged GGUF fails in many ways inside gguf-py
+        raise WsteerError(f"{path} is not a readable GGUF file ({e.__class__.__name__}: {e}); it may be "
+                          "truncated — re-download or re-convert the base model") from e
+    kind = _field(reader, "general.type", "model")
+    arch = _field(reader, "general.architecture")
+    if kind != "model" or not arch or arch == "controlvector":
+        raise WsteerError(f"{path} is a GGUF {kind if kind != 'model' else arch!r} file, not a base model; pass "
+                          "base_gguf= the model file that llama.cpp loads with -m")
+    need = {"n_layer": "block_count", "n_embd": "embedding_length", "n_head": "attention.head_count"}
+    vals = {}
+    for attr, key in need.items():
+        v = _field(reader, f"{arch}.{key}")
+        if v is None:
+            raise WsteerError(f"{path} lacks {arch}.{key}; it is not a complete {arch} model GGUF")
+        vals[attr] = int(v)
+    vals["n_head_kv"] = int(_field(reader, f"{arch}.attention.head_count_kv", vals["n_head"]))
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    return BaseGGUF(path=path, arch=str(arch), shapes=shapes, reader=reader, **vals)
+
+
+def gguf_tensor_name(hf_name: str, base: BaseGGUF) -> str:
+    """The base GGUF's name for an HF parameter (`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`),
+    from gguf-py's TensorNameMap: the same table llama.cpp's converters use."""
+    import gguf
+
+    if base._names is None:
+        archs = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
+        if base.arch not in archs:
+            raise WsteerError(f"the installed gguf package does not know architecture {base.arch!r} of {base.path}; "
+                              "upgrade it (pip install -U gguf)")
+        base._names = gguf.get_tensor_name_map(archs[base.arch], base.n_layer)
+    name = base._names.get_name(hf_name, try_suffixes=(".weight",))
+    if name is None:
+        raise WsteerError(f"the vector edits {hf_name}, which has no llama.cpp counterpart in a {base.arch} model; "
+                          f"only decoder-layer weight matrices export as GGUF LoRA (wrong base_gguf=?)")
+    return name
+
+
+def permute_rows(rows: torch.Tensor, n_head: int, inverse: bool = False) -> torch.Tensor:
+    """llama.cpp's Q/K row order for adjacent-pair RoPE (or back, with `inverse`), applied to dim 0.
+
+    Per head, HF orders a head's rows [x₀ … x_{d/2−1}, y₀ … y_{d/2−1}] (rotate-half pairs (xᵢ, yᵢ)); the converter
+    interleaves them to [x₀, y₀, x₁, y₁, …] so that llama.cpp's RoPE on adjacent pairs rotates the same pairs. It is
+    a pure reordering of rows: exact in any dtype.
+    """
+    out = rows.shape[0]
+    if out % (2 * n_head):
+        raise WsteerError(f"cannot split {out} rows into {n_head} heads of even size; wrong base model?")
+    rest = rows.shape[1:]
+    if inverse:
+        return rows.reshape(n_head, out // n_head // 2, 2, *rest).transpose(1, 2).reshape(rows.shape)
+    return rows.reshape(n_head, 2, out // n_head // 2, *rest).transpose(1, 2).reshape(rows.shape)
+
+
+def _qk_heads(gguf_name: str, base: BaseGGUF) -> int | None:
+    """Heads to permute lora_b rows by: n_head for attn_q, n_head_kv for attn_k, None for anything else."""
+    kind = gguf_name.split(".")[2] if gguf_name.startswith("blk.") else ""
+    return {"attn_q": base.n_head, "attn_k": base.n_head_kv}.get(kind)
+
+
+def _check_model_matches(model, vector: WeightVector, base: BaseGGUF, names: dict[str, str],
+                         allow_transfer: bool) -> bool | None:
+    """With the HF base model at hand: the vector was built on it, and the GGUF holds the same weights.
+
+    Returns whether the GGUF's Q/K rows are permuted, read off the weights: of the permuted and the unpermuted
+    HF attn_q, the one closer to the dequantized GGUF tensor. For the embedded model (its HF weights are the
+    dequantized GGUF) the match is exact; for a GGUF quantized from HF weights it is close to the quantization
+    error, and a different model is far off in both orders.
+    """
+    from wsteer.models import fingerprint
+
+    want = vector.manifest.get("base_fingerprint")
+    got = fingerprint(model)
+    if want and want != got and not allow_transfer:
+        raise WsteerError(f"the vector was built for base model {vector.manifest.get('base_model')!r} "
+                          f"(fingerprint {want}), but the given model has fingerprint {got}; pass the model the "
+                          "vector was built on (or allow_transfer=True to export it for this one on purpose)")
+    params = dict(model.named_parameters())
+    q = next((h for h, g in names.items() if g.endswith("attn_q.weight")), None)
+    if q is None:
+        return None
+    hf = params[q].detach().float().cpu()
+    gg = torch.from_numpy(base.tensor(names[q]))
+    if hf.shape != gg.shape:
+        raise WsteerError(f"{q} is {tuple(hf.shape)} in the model but {names[q]} is {tuple(gg.shape)} in "
+                          f"{base.path}: base_gguf= is not this model's GGUF")
+    scale = float(hf.norm()) or 1.0
+    err_perm = float((permute_rows(hf, base.n_head) - gg).norm()) / scale
+    err_plain = float((hf - gg).norm()) / scale
+    if min(err_perm, err_plain) > 0.2:  # Q4 quantization alone stays near 0.1; another model is near √2
+        raise WsteerError(f"{base.path} does not hold the given model's weights ({names[q]} differs from {q} by "
+                          f"{min(err_perm, err_plain):.0%} in either row order): base_gguf= is another model's GGUF")
+    return err_perm < err_plain
+
+
+def export_gguf_lora(
+    vector: WeightVector,
+    path: str | Path,
+    base_gguf: str | Path,
+    *,
+    k: float = 1.0,
+    model=None,
+    permute_qk: bool | None = None,
+    dtype: str = "f32",
+    allow_transfer: bool = False,
+) -> Path:
+    """Write w (times an optional baked-in k) as a llama.cpp GGUF LoRA adapter for the model in `base_gguf`.
+
+    With the default k = 1 the file holds w itself and the strength is chosen at run time:
+    `llama-server -m base.gguf --lora-scaled w.gguf -2` or `Llama(model_path=..., lora_path=w.gguf, lora_scale=-2)`
+    compute θ + (−2)·w. Ollama's Modelfile `ADAPTER` has no scale (it applies 1), so for Ollama export with the k
+    you want baked into lora_b (`k=-2`).
+
+    Args:
+        vector: a `WeightVector` (contrastive w, τ±, or a composition); an activation or bias vector is refused
+            (export activation vectors with `export_control_vector`).
+        path: the .gguf file to write (atomically: a crash leaves no partial file).
+        base_gguf: the base model's GGUF, the file llama.cpp loads with `-m`: gives the architecture, head
+            counts and tensor names, and every edited tensor's shape is checked against it.
+        k: strength baked into lora_b (default 1: pick it at run time).
+        model: the HF base model, optional: checks that the vector was built on it and that `base_gguf` holds its
+            weights, and reads the Q/K row order off the weights.
+        permute_qk: force the Q/K row permutation on or off (default: from `PERMUTED_QK` or the weights).
+        dtype: "f32" (exact) or "f16" (half the size; ~1e-3 relative rounding of each factor).
+        allow_transfer: with `model`, export a vector built for another model on purpose.
+
+    Returns:
+        `path`.
+    """
+    import gguf
+
+    if isinstance(vector, DenseVector):
+        made = vector.manifest.get("method", "dense")
+        fix = ("export it with export_control_vector (a llama.cpp control vector)" if made == "activation" else
+               "llama.cpp has no adapter form for MLP bias deltas; export a LoRA weight vector (train.py source=lora)")
+        raise WsteerError(f"a {made!r} vector is not a weight vector and has no GGUF LoRA form; {fix}")
+    if not isinstance(vector, WeightVector) or not vector.factors:
+        raise WsteerError("export_gguf_lora needs a WeightVector with factors (train.py source=lora builds one)")
+    k = check_k(k)
+    if dtype not in ("f32", "f16"):
+        raise WsteerError(f"dtype must be 'f32' or 'f16', got {dtype!r}")
+    base = read_base_gguf(base_gguf)
+    names = {n: gguf_tensor_name(n, base) for n in sorted(vector.factors)}
+    for n, g in names.items():
+        b, a = vector.factors[n]
+        if b.ndim != 2 or a.ndim != 2 or b.shape[1] != a.shape[0]:
+            raise WsteerError(f"{n}: B is {tuple(b.shape)} but A is {tuple(a.shape)}; the vector is corrupt")
+        if g not in base.shapes:
+            raise WsteerError(f"the vector edits {n} ({g}), which {base.path} does not have (the base has "
+                              f"{base.n_layer} layers): the vector was built for another base model")
+        if base.shapes[g] != (b.shape[0], a.shape[1]):
+            raise WsteerError(f"the vector's {n} is {b.shape[0]}×{a.shape[1]} but {g} in {base.path} is "
+                              f"{base.shapes[g][0]}×{base.shapes[g][1]}: the vector was built for another base model")
+    seen = _check_model_matches(model, vector, base, names, allow_transfer) if model is not None else None
+    if permute_qk is None:
+        permute_qk = seen if seen is not None else PERMUTED_QK.get(base.arch)
+        if permute_qk is None:
+            raise WsteerError(f"wsteer does not know whether llama.cpp's converter permutes the Q/K rows of a "
+                              f"{base.arch!r} model; pass model= (the HF base model, checked on its weights) or "
+                              "permute_qk=True/False")
+    elif seen is not None and seen != permute_qk:
+        raise WsteerError(f"permute_qk={permute_qk} contradicts {base.path}, whose attn_q rows are "
+                          f"{'' if seen else 'not '}permuted against the model's; drop permute_qk=")
+
+    rank = max(b.shape[1] for b, _ in vector.factors.values())
+    np_dtype = np.float32 if dtype == "f32" else np.float16
+    manifest = {
+        "format": LORA_FORMAT, "k": k, "rank": rank, "alpha": float(rank), "qk_permuted": bool(permute_qk),
+        "base_gguf": base.path.name, "modules": len(names), "dtype": dtype,
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(), "vector": vector.manifest,
+    }
+    with atomic_path(path, suffix=".gguf") as tmp:
+        writer = gguf.GGUFWriter(str(tmp), base.arch)
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        # scale = alpha / r × the run-time scale (llama-adapter.h get_scale): alpha = r makes it exactly k
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(rank))
+        writer.add_name(f"wsteer {vector.manifest.get('behavior', 'steering')} vector")
+        writer.add_string("wsteer.format", LORA_FORMAT)
+        writer.add_float32("wsteer.k", k)
+        writer.add_string("wsteer.manifest", json.dumps(manifest, sort_keys=True, default=str))
+        for n, g in names.items():
+            b, a = (t.detach().float().cpu() for t in vector.factors[n])
+            b = b * k
+            heads = _qk_heads(g, base) if permute_qk else None
+            if heads:
+                b = permute_rows(b, heads)  # the rows of B·A are the rows of B: permute B only
+            pad = rank - b.shape[1]
+            b = torch.nn.functional.pad(b, (0, pad))  # zero columns and rows add exact zeros (see module doc)
+            a = torch.nn.functional.pad(a, (0, 0, 0, pad))
+            writer.add_tensor(f"{g}.lora_a", a.numpy().astype(np_dtype))
+            writer.add_tensor(f"{g}.lora_b", b.numpy().astype(np_dtype))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return Path(path)
+
+
+def read_gguf_lora(path: str | Path, base_gguf: str | Path | None = None, permuted: bool | None = None
+                   ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
+    """Read a GGUF LoRA adapter back as `{gguf tensor name: (B, A)}` plus its KV metadata.
+
+    With `base_gguf` (for the head counts) and `permuted=True`, attn_q/attn_k B rows are put back in HF order, so
+    B @ A compares directly with a wsteer vector's delta. Factors come back exactly as stored.
+    """
+    from gguf import GGUFReader
+
+    reader = GGUFReader(Path(path))
+    meta = {k: _field(reader, k) for k in reader.fields if not k.startswith("GGUF.")}
+    tensors = {t.name: torch.from_numpy(np.array(t.data)) for t in reader.tensors}
+    base = read_base_gguf(base_gguf) if base_gguf is not None else None
+    out = {}
+    for name in sorted(n.removesuffix(".lora_a") for n in tensors if n.endswith(".lora_a")):
+        b, a = tensors[f"{name}.lora_b"], tensors[f"{name}.lora_a"]
+        heads = _qk_heads(name, base) if (base is not None and permuted) else None
+        out[name] = (permute_rows(b, heads, inverse=True) if heads else b, a)
+    return out, meta
+
+
+def export_control_vector(
+    vector: DenseVector,
+    path: str | Path,
+    *,
+    layer: int | None = None,
+    k: float = 1.0,
+    model_hint: str = "llama",
+) -> Path:
+    """Write k·aˡ as a llama.cpp control vector (`--control-vector-scaled path s` scales it again by s).
+
+    Args:
+        vector: an activation vector (train.py source=activation; tensors "0".."L", aˡ after block l − 1).
+        path: the .gguf file to write (atomically).
+        layer: wsteer's layer l (1..L, as `activation_layer`/`ActivationSteerer.layer`); default: the middle layer,
+            as `ActivationSteerer` picks. Layer 1 (after the first block) cannot be exported: llama.cpp never adds
+            a control vector there.
+        k: strength baked into the direction (default 1: choose it with `--control-vector-scaled`).
+        model_hint: `controlvector.model_hint` (repeng writes the HF model_type; llama.cpp does not read it).
+
+    Returns:
+        `path`, holding one F32 tensor `direction.{layer − 1}`.
+    """
+    import gguf
+
+    if isinstance(vector, WeightVector):
+        raise WsteerError("a weight vector has no control-vector form (it edits weights, not activations); "
+                          "export it with export_gguf_lora")
+    if not isinstance(vector, DenseVector) or vector.manifest.get("method") not in ("activation", None):
+        made = vector.manifest.get("method") if isinstance(vector, DenseVector) else type(vector).__name__
+        raise WsteerError(f"a {made!r} artifact is not an activation vector; build one with "
+                          "`python train.py source=activation`")
+    k = check_k(k)
+    try:
+        a = torch.stack([vector.tensors[str(i)] for i in range(len(vector.tensors))]).float()
+    except KeyError as e:
+        raise WsteerError(f"the activation vector lacks layer {e}; rebuild it with train.py source=activation") from e
+    n_layers = a.shape[0] - 1
+    layer = n_layers // 2 if layer is None else int(layer)
+    if layer == 1:
+        raise WsteerError("layer 1 (the residual after the first block) cannot be exported: llama.cpp never adds a "
+                          "control vector after block 0 (direction.0 is rejected); choose layer ≥ 2")
+    if not 2 <= layer <= n_layers:
+        raise WsteerError(f"layer={layer} is out of range: this vector has layers 1..{n_layers}")
+    direction = (k * a[layer]).numpy().astype(np.float32)
+    manifest = {"format": CONTROL_FORMAT, "k": k, "layer": layer, "direction": f"direction.{layer - 1}",
+                "positions": "all (llama.cpp adds a control vector at every position)",
+                "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
+                "vector": vector.manifest}
+    with atomic_path(path, suffix=".gguf") as tmp:
+        writer = gguf.GGUFWriter(str(tmp), "controlvector")
+        writer.add_string("controlvector.model_hint", model_hint)
+        writer.add_uint32("controlvector.layer_count", 1)
+        writer.add_string("wsteer.format", CONTROL_FORMAT)
+        writer.add_string("wsteer.manifest", json.dumps(manifest, sort_keys=True, default=str))
+        writer.add_tensor(f"direction.{layer - 1}", direction)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return Path(path)
+
+
+def control_vector_data(path: str | Path, strength: float = 1.0) -> tuple[int, np.ndarray]:
+    """`(n_embd, data)` for `llama_set_adapter_cvec`, read as llama.cpp's `common_control_vector_load` reads it.
+
+    The same rules: tensors `direction.N` with N ≥ 1, F32, 1-D, one size; `data` is laid out per block from block
+    1 (block 0 never gets a vector), missing blocks zero, every value times `strength`.
+    """
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise WsteerError(f"control vector {path} does not exist; write it with export_control_vector")
+    reader = GGUFReader(path)
+    n_embd, rows = None, {}
+    for t in reader.tensors:
+        head, _, idx = t.name.partition(".")
+        if head != "direction" or not idx.isdigit() or int(idx) == 0:
+            raise WsteerError(f"{path}: tensor {t.name!r} is not a valid direction.N (N ≥ 1) tensor")
+        if t.tensor_type != GGMLQuantizationType.F32 or len(t.shape) != 1:
+            raise WsteerError(f"{path}: {t.name} must be a 1-D F32 tensor for llama.cpp")
+        if n_embd is not None and int(t.shape[0]) != n_embd:
+            raise WsteerError(f"{path}: direction tensors differ in size")
+        n_embd = int(t.shape[0])
+        rows[int(idx)] = np.array(t.data, dtype=np.float32)
+    if n_embd is None:
+        raise WsteerError(f"{path} holds no direction tensors")
+    data = np.zeros((max(rows), n_embd), dtype=np.float32)
+    for il, row in rows.items():
+        data[il - 1] += row * strength
+    return n_embd, data.reshape(-1)
+
+
+def apply_control_vector(llm, path: str | Path | None, strength: float = 1.0,
+                         layer_start: int = 1, layer_end: int | None = None) -> None:
+    """Set (or with `path=None`, clear) a GGUF control vector on a llama-cpp-python `Llama`.
+
+    llama-cpp-python exposes only the low-level `llama_set_adapter_cvec`, not llama.cpp's file loader; this reads the
+    file with `control_vector_data` and applies it to blocks layer_start..layer_end (inclusive; llama.cpp's CLI
+    defaults 1..n_layer), as `--control-vector-scaled path strength` does. The KV cache is dropped (`llm.reset()`):
+    cached keys and values were computed without the vector.
+    """
+    import llama_cpp
+
+    if path is None:
+        rc = llama_cpp.llama_set_adapter_cvec(llm.ctx, None, 0, 0, -1, -1)
+    else:
+        n_embd, data = control_vector_data(path, check_k(strength))
+        layer_end = llama_cpp.llama_model_n_layer(llm.model) if layer_end is None else layer_end
+        buf = (ctypes.c_float * data.size).from_buffer_copy(np.ascontiguousarray(data).tobytes())
+        rc = llama_cpp.llama_set_adapter_cvec(llm.ctx, buf, data.size, n_embd, layer_start, layer_end)
+    if rc != 0:
+        raise WsteerError(f"llama.cpp refused the control vector {path} (its size does not match the model's "
+                          "n_embd?): wrong base model")
+    llm.reset()
+
