@@ -1,0 +1,185 @@
+"""The vector library as one served base model sees it: which behaviors it can steer, and with which vector.
+
+A request's steering is resolved here, in the request's own thread and before it is queued, so every refusal
+(unknown behavior, no vector built yet, a vector built for another base model) is a 400 that costs the model
+nothing. The server never trains: a missing vector is answered with the `train.py` command that builds it.
+The rules are those of `steer.py` (`composed_steerer`): the newest complete vector in the cache whose base
+fingerprint is the served model's; one behavior is applied as `WeightSteerer(w).apply(model, k)`, several as one
+exact composed vector at k = 1, so a served answer is the answer `steer.py` gives at the same k.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from wsteer.errors import WsteerError
+from wsteer.library import compose, list_vectors
+from wsteer.serving.schema import APIError, Steering
+from wsteer.steering.weight import WeightSteerer
+from wsteer.vectors import WeightVector
+
+ARTIFACT = {"weight": "contrastive", "task_vector_pos": "pos", "task_vector_neg": "neg"}
+METHOD_OF = {v: k for k, v in ARTIFACT.items()}
+
+
+def _manifest(path: str) -> dict:
+    """The manifest in a vector file's safetensors header (the tensors are not read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("manifest", "{}"))
+    except Exception:  # noqa: BLE001 - listing facts only; list_vectors already reported the file as unreadable
+        return {}
+
+
+class ServedLibrary:
+    """Resolves `Steering` to a steerer for the served model, with the library listing and loaded vectors cached.
+
+    Args:
+        cache_dir: the wsteer cache (`paths.cache_dir`) whose `vectors/` is the library.
+        model: the loaded model (only read: parameter names and shapes, for the compatibility check).
+        fingerprint: the served model's fingerprint.
+        model_name: the `model=` config name, for the `train.py` command in refusals.
+        known_behaviors: behaviors that have a `conf/behavior/*.yaml` (buildable, even if not built yet).
+        refresh_s: how old the cached listing may get before it is read again (a miss always rereads it, so a
+            vector trained while the server runs is found by the next request).
+        max_steerers: compositions kept built (each is a concatenation of factors, as large as its parts).
+    """
+
+    def __init__(self, cache_dir, model, fingerprint: str, model_name: str, known_behaviors=(),
+                 refresh_s: float = 30.0, max_steerers: int = 16):
+        self.cache_dir, self.model, self.fingerprint, self.model_name = cache_dir, model, fingerprint, model_name
+        self.known_behaviors = set(known_behaviors)
+        self.refresh_s, self.max_steerers = refresh_s, max_steerers
+        self._lock = threading.Lock()  # resolution runs in many request threads; loading is serialised
+        self._rows: list[dict] = []
+        self._read_at = -float("inf")
+        self._vectors: dict[tuple[str, str], WeightVector] = {}
+        self._steerers: OrderedDict = OrderedDict()
+
+    def rows(self, refresh: bool = False) -> list[dict]:
+        if refresh or time.monotonic() - self._read_at > self.refresh_s:
+            self._rows = list_vectors(self.cache_dir)
+            self._read_at = time.monotonic()
+        return self._rows
+
+    def train_command(self, behavior: str) -> str:
+        return f"python train.py behavior={behavior} model={self.model_name}"
+
+    def _find(self, behavior: str, artifact: str) -> dict:
+        for refresh in (False, True):
+            mine = [r for r in self.rows(refresh) if r["behavior"] == behavior and r["artifact"] == artifact
+                    and not r["error"] and r["fingerprint"] == self.fingerprint]
+            if mine:
+                return max(mine, key=lambda r: r["created"] or "")
+        rows = [r for r in self._rows if r["behavior"] == behavior]
+        build = f"build it with `{self.train_command(behavior)}`"
+        foreign = [r for r in rows if r["artifact"] == artifact and not r["error"]]
+        if foreign:
+            made_for = sorted({f"{r['model']} (fingerprint {str(r['fingerprint'])[:12]})" for r in foreign})
+            raise APIError(f"the library's {behavior!r} vector was built for another base model ({', '.join(made_for)}), "
+                           f"not the served model {self.model_name} (fingerprint {self.fingerprint[:12]}); the server "
+                           f"does not transfer vectors between models: {build}", param="steer",
+                           code="vector_for_other_model")
+        broken = [r for r in rows if r["artifact"] == artifact and r["error"] and r["fingerprint"] == self.fingerprint]
+        if broken:
+            raise APIError(f"the library's {behavior!r} vector {broken[0]['path']} is unreadable ({broken[0]['error']}); "
+                           f"rebuild it with `{self.train_command(behavior)}`", param="steer", code="vector_unreadable")
+        if rows or behavior in self.known_behaviors:
+            what = "vector" if artifact == "contrastive" else f"{artifact} task vector ({METHOD_OF[artifact]})"
+            raise APIError(f"no {behavior!r} {what} in the library for the served model {self.model_name} "
+                           f"(fingerprint {self.fingerprint[:12]}); the server never trains: {build}",
+                           param="steer", code="vector_not_built")
+        known = sorted(self.known_behaviors | {r["behavior"] for r in self._rows})
+        raise APIError(f"unknown behavior {behavior!r}; known behaviors: {', '.join(known) or 'none'} "
+                       f"(a new one is a conf/behavior/<name>.yaml, then `{self.train_command(behavior)}`)",
+                       param="steer", code="unknown_behavior")
+
+    def _vector(self, behavior: str, method: str) -> WeightVector:
+        row = self._find(behavior, ARTIFACT[method])
+        key = (row["path"], method)
+        if key not in self._vectors:
+            try:
+                vector = WeightVector.load(row["path"])
+                if method == "task_vector_neg" and vector.manifest.get("variant") == "tau_neg":
+                    vector = vector.scaled(-1.0, variant="minus_tau_neg")  # θ − k·τ⁻, as steer.py applies it
+                WeightSteerer(vector).check_compatible(self.model, self.fingerprint)
+            except WsteerError as e:
+                raise APIError(f"{behavior!r}: {e}", param="steer", code="vector_unusable") from e
+            self._vectors[key] = vector
+        return self._vectors[key]
+
+    def resolve(self, steering: Steering) -> tuple[WeightSteerer | None, float]:
+        """(steerer, the k to apply it at); (None, 0) for the base model.
+
+        Raises:
+            APIError: 400 naming the behavior and the fix (unknown, not built, built for another base model).
+        """
+        if steering.is_base:
+            return None, 0.0
+        single = len(steering.parts) == 1
+        # one behavior: one steerer serves every k (k is given at apply time); several: the ks are in the vector
+        key = (steering.method, steering.parts[0][0]) if single else steering
+        with self._lock:
+            if key in self._steerers:
+                self._steerers.move_to_end(key)
+            else:
+                vectors = {name: self._vector(name, steering.method) for name, _ in steering.parts}
+                if single:
+                    steerer = WeightSteerer(next(iter(vectors.values())), name=steering.method)
+                else:
+                    try:
+                        composed = compose({n: (vectors[n], k) for n, k in steering.parts})
+                    except WsteerError as e:
+                        raise APIError(str(e), param="steer", code="invalid_value") from e
+                    steerer = WeightSteerer(composed, name=f"composition {steering.label()}")
+                self._steerers[key] = steerer
+                while len(self._steerers) > self.max_steerers:
+                    self._steerers.popitem(last=False)
+            steerer = self._steerers[key]
+        return steerer, (steering.parts[0][1] if single else 1.0)
+
+    def listing(self) -> tuple[list[dict], list[dict]]:
+        """(vectors this model can be steered with, newest per behavior; vectors built for other base models).
+
+        Each entry holds the manifest's key facts, the methods its folder supports and how to request it.
+        """
+        rows = [r for r in self.rows(refresh=True) if not r["error"] and r["artifact"] in METHOD_OF]
+        folders: dict[str, set[str]] = {}
+        for r in rows:
+            folders.setdefault(str(Path(r["path"]).parent), set()).add(r["artifact"])
+        newest: dict[tuple[bool, str], dict] = {}
+        for r in rows:
+            if r["artifact"] != "contrastive":
+                continue
+            key = (r["fingerprint"] == self.fingerprint, r["behavior"] if r["fingerprint"] == self.fingerprint
+                   else f"{r['behavior']}:{r['fingerprint']}")
+            if key not in newest or (r["created"] or "") > (newest[key]["created"] or ""):
+                newest[key] = r
+        usable, other = [], []
+        for (mine, _), r in sorted(newest.items(), key=lambda kv: kv[0][1]):
+            man = _manifest(r["path"])
+            sched, lora = man.get("schedule") or {}, man.get("lora") or {}
+            facts = {
+                "kind": "vector", "behavior": r["behavior"], "base_model": man.get("base_model", r["model"]),
+                "base_fingerprint": r["fingerprint"], "norm": r["norm"], "created": r["created"],
+                "data_hash": r["data_hash"], "settings_hash": r["settings_hash"],
+                "data_counts": man.get("data_counts"), "seed": man.get("seed"),
+                "schedule": {k: sched.get(k) for k in ("name", "steps", "batch_size", "lr")} if sched else None,
+                "lora": {k: lora.get(k) for k in ("r", "alpha")} if lora else None,
+                "git_commit": man.get("git_commit"),
+                "methods": [METHOD_OF[a] for a in ("contrastive", "pos", "neg") if a in folders[str(Path(r["path"]).parent)]],
+            }
+            if mine:
+                facts["usage"] = {"model": f"{r['behavior']}@-2", "extra_body": {"steer": {r["behavior"]: -2}}}
+                usable.append(facts)
+            else:
+                facts["why_not"] = (f"built for another base model; `{self.train_command(r['behavior'])}` builds one "
+                                    "for the served model")
+                other.append(facts)
+        return usable, other
