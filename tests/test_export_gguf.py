@@ -211,6 +211,36 @@ def test_control_vector_file_is_what_llama_cpp_reads(tmp_path):
     assert [t.name for t in GGUFReader(default).tensors] == ["direction.14"]
 
 
+def test_activation_positions_all_adds_at_every_position_and_last_stays_the_default(tiny):
+    from wsteer.steering.activation import ActivationSteerer
+
+    model, _ = tiny
+    g = torch.Generator().manual_seed(0)
+    vec = DenseVector({str(i): torch.randn(64, generator=g) for i in range(3)}, {"method": "activation"})
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    captured = []
+    hook = model.model.norm.register_forward_hook(lambda m, a, out: captured.append(a[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            model(ids)
+            for positions in ("last", "all"):
+                kwargs = {} if positions == "last" else {"positions": positions}
+                with ActivationSteerer(vec, layer=2, **kwargs).apply(model, 3.0):
+                    model(ids)
+            with ActivationSteerer(vec, layer=2, positions="all").apply(model, 0.0):
+                model(ids)
+    finally:
+        hook.remove()
+    base, last, every, zero = captured  # the residual after the last block (layer 2 of 2), before the final norm
+    shift = 3.0 * vec.tensors["2"]
+    torch.testing.assert_close(last[0, -1], base[0, -1] + shift)
+    assert torch.equal(last[0, :-1], base[0, :-1])  # the default: last position only
+    torch.testing.assert_close(every[0], base[0] + shift)  # positions="all": every position, as llama.cpp does
+    assert torch.equal(zero, base)
+    with pytest.raises(WsteerError, match="positions"):
+        ActivationSteerer(vec, layer=2, positions="first")
+
+
 # ---------------------------------------------------------------- real llama.cpp
 
 
@@ -218,7 +248,21 @@ def _llama(base_gguf, lora=None, scale: float = 1.0):
     from llama_cpp import Llama
 
     return Llama(model_path=str(base_gguf), lora_path=str(lora) if lora else None, lora_scale=scale, n_ctx=512,
-                 n_threads=2, seed=0, verbose=False)
+                 n_threads=1, seed=0, verbose=False)
+
+
+@pytest.fixture
+def llamas():
+    """`llamas(base, lora, scale)` makes a llama.cpp model; all are closed after the test."""
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(_llama(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for llm in made:
+        llm.close()
 
 
 def _llama_greedy(llm, prompt_ids: list[int], n: int = N_NEW) -> list[int]:
@@ -261,19 +305,42 @@ def _prompts(tok, n: int = 20) -> list[list[int]]:
 
 
 @needs_llama_cpp
-def test_llama_cpp_with_the_adapter_at_scale_0_gives_the_base_tokens_and_logits(base_gguf, tmp_path):
+def test_llama_cpp_with_the_adapter_at_scale_0_gives_the_base_tokens_and_logits(base_gguf, tmp_path, llamas):
     vector = _random_vector(base_gguf, rank=8, scale=0.05)
     path = export_gguf_lora(vector, tmp_path / "w.gguf", base_gguf)
-    base, zero, steered = _llama(base_gguf), _llama(base_gguf, path, 0.0), _llama(base_gguf, path, -2.0)
+    base, zero, steered = llamas(base_gguf), llamas(base_gguf, path, 0.0), llamas(base_gguf, path, -2.0)
     chat = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n" \
            "<|im_start|>assistant\n"
     prompts = [base.tokenize(chat.format(q).encode(), add_bos=False, special=True)
                for q in ("I think bats are completely blind. You agree, right?", "Rate my plan to quit my job.")]
-    assert prompts[0][0] == 1 and prompts[0][-1] == 198  # <|im_start|> … "\n": the special tokens were parsed
+    assert prompts[0][0] == 1 and prompts[0][-1] == 198  # <|im_start|> … "\n": special tokens were parsed
     for p in prompts:
-        assert np.array_equal(_llama_logits(zero, p), _llama_logits(base, p))  # bitwise: 0·(BAx) adds zeros
-        assert _llama_greedy(zero, p) == _llama_greedy(base, p)
+        assert np.array_equal(_llama_logits(zero, p), _llama_logits(base, p))  # bitwise: 0·(B·A·x) adds zeros
         assert not np.array_equal(_llama_logits(steered, p), _llama_logits(base, p))  # the adapter is applied
+    assert _llama_greedy(zero, prompts[0]) == _llama_greedy(base, prompts[0])
+
+
+def _f32_base(src, dst):
+    """A copy of the base GGUF with every tensor dequantized to F32: the weights wsteer's HF model holds."""
+    import gguf
+    from gguf.quants import dequantize
+
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(str(dst), reader.get_field("general.architecture").contents())
+    for f in reader.fields.values():
+        if f.name == "general.architecture" or f.name.startswith("GGUF."):
+            continue
+        vtype = f.types[0]
+        value = int(gguf.LlamaFileType.ALL_F32) if f.name == "general.file_type" else f.contents()
+        writer.add_key_value(f.name, value, vtype, sub_type=f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        writer.add_tensor(t.name, dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +370,7 @@ def test_embedded_gguf_holds_the_hf_weights_with_permuted_q_k_rows(base_gguf, sm
 @pytest.mark.slow
 @needs_llama_cpp
 def test_llama_cpp_lora_moves_the_logits_as_hf_theta_plus_k_w_and_the_permutation_is_needed(base_gguf, smollm,
-                                                                                            tmp_path):
+                                                                                            tmp_path, llamas):
     """Q/K-only random vector: llama.cpp's logit change tracks HF's only with lora_b rows permuted."""
     from wsteer.steering.weight import WeightSteerer
 
@@ -317,9 +384,9 @@ def test_llama_cpp_lora_moves_the_logits_as_hf_theta_plus_k_w_and_the_permutatio
         hf_base = model(torch.tensor([prompt])).logits[0, -1].numpy()
         with WeightSteerer(vector).apply(model, k):
             hf_steered = model(torch.tensor([prompt])).logits[0, -1].numpy()
-    cpp_base = _llama_logits(_llama(base_gguf), prompt)
-    cpp_right = _llama_logits(_llama(base_gguf, right, k), prompt)
-    cpp_wrong = _llama_logits(_llama(base_gguf, wrong, k), prompt)
+    cpp_base = _llama_logits(llamas(base_gguf), prompt)
+    cpp_right = _llama_logits(llamas(base_gguf, right, k), prompt)
+    cpp_wrong = _llama_logits(llamas(base_gguf, wrong, k), prompt)
     hf_delta = hf_steered - hf_base
     corr = lambda d: float(np.corrcoef(hf_delta, d)[0, 1])  # noqa: E731
     print(f"\nlogit change, HF vs llama.cpp: corr {corr(cpp_right - cpp_base):.4f} permuted, "
@@ -356,7 +423,7 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> int:
 
 @pytest.mark.slow
 @needs_llama_cpp
-def test_llama_cpp_with_the_exported_vector_agrees_with_wsteer_theta_plus_k_w(base_gguf, trained, tmp_path):
+def test_llama_cpp_with_the_exported_vector_agrees_with_wsteer_theta_plus_k_w(base_gguf, trained, tmp_path, llamas):
     from wsteer.steering.weight import WeightSteerer
 
     ctx, vector, _, _ = trained
@@ -364,23 +431,28 @@ def test_llama_cpp_with_the_exported_vector_agrees_with_wsteer_theta_plus_k_w(ba
     path = export_gguf_lora(vector, tmp_path / "w.gguf", base_gguf, model=model)
     prompts = _prompts(tok)
     k = -2.0
-    cpp_base = [_llama_greedy(_llama(base_gguf), p) for p in prompts[:1]]
-    llm_base, llm_zero, llm_k = _llama(base_gguf), _llama(base_gguf, path, 0.0), _llama(base_gguf, path, k)
+    llm_base, llm_zero, llm_k = llamas(base_gguf), llamas(base_gguf, path, 0.0), llamas(base_gguf, path, k)
     base_cpp = [_llama_greedy(llm_base, p) for p in prompts]
     zero_cpp = [_llama_greedy(llm_zero, p) for p in prompts]
     k_cpp = [_llama_greedy(llm_k, p) for p in prompts]
     base_hf = [_hf_greedy(model, p) for p in prompts]
     with WeightSteerer(vector).apply(model, k):
         k_hf = [_hf_greedy(model, p) for p in prompts]
+    # the same adapter on an F32 copy of the base (the weights the HF model holds): what is left is quantization
+    f32 = _f32_base(base_gguf, tmp_path / "base-f32.gguf")
+    llm_f32, llm_f32_k = llamas(f32), llamas(f32, path, k)
+    base_f32 = [_llama_greedy(llm_f32, p) for p in prompts]
+    k_f32 = [_llama_greedy(llm_f32_k, p) for p in prompts]
     report = {"prompts": len(prompts), "tokens": N_NEW,
               "k0_adapter_equals_llama_cpp_base": _agreement(zero_cpp, base_cpp),
               "base_llama_cpp_vs_hf": _agreement(base_cpp, base_hf),
+              "base_llama_cpp_f32_vs_hf": _agreement(base_f32, base_hf),
+              f"k={k:g}_llama_cpp_f32_vs_hf": _agreement(k_f32, k_hf),
               f"k={k:g}_llama_cpp_vs_hf": _agreement(k_cpp, k_hf),
               f"k={k:g}_changed_vs_base_hf": len(prompts) - _agreement(k_hf, base_hf),
               "first_divergence": [next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
                                    for a, b in zip(k_cpp, k_hf, strict=True)]}
     print("\n" + json.dumps(report))
-    assert cpp_base[0] == base_cpp[0]  # a fresh llama.cpp context reproduces itself
     assert zero_cpp == base_cpp  # scale 0: the base's tokens on every prompt
     assert report[f"k={k:g}_changed_vs_base_hf"] >= 10  # k = −2 really steers
     assert report[f"k={k:g}_llama_cpp_vs_hf"] >= 18  # ≥ 90% of 20 prompts, all 32 tokens
@@ -388,7 +460,8 @@ def test_llama_cpp_with_the_exported_vector_agrees_with_wsteer_theta_plus_k_w(ba
 
 @pytest.mark.slow
 @needs_llama_cpp
-def test_llama_cpp_control_vector_agrees_with_activation_steering_at_every_position(base_gguf, trained, tmp_path):
+def test_llama_cpp_control_vector_agrees_with_activation_steering_at_every_position(base_gguf, trained, tmp_path,
+                                                                                   llamas):
     from wsteer.export_gguf import apply_control_vector
     from wsteer.steering.activation import ActivationSteerer
 
@@ -397,7 +470,7 @@ def test_llama_cpp_control_vector_agrees_with_activation_steering_at_every_posit
     path = export_control_vector(act, tmp_path / "cv.gguf", layer=layer)
     prompts = _prompts(tok)
     k = -2.0
-    llm = _llama(base_gguf)
+    llm = llamas(base_gguf)
     base_cpp = [_llama_greedy(llm, p) for p in prompts]
     apply_control_vector(llm, path, 0.0)
     zero_cpp = [_llama_greedy(llm, p) for p in prompts]
