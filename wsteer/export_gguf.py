@@ -2,7 +2,7 @@
 
 **Weight vector → GGUF LoRA adapter.** A contrastive vector w = [s·B⁺, −s·B⁻] @ [A⁺; A⁻] is exactly a rank-2r
 LoRA update (paper §1), so llama.cpp serves it as an ordinary adapter and computes θ + k·w with the scale given at
-run time: `llama-server -m base.gguf --lora-scaled w.gguf k`, or llama-cpp-python's
+run time: `llama-server -m base.gguf --lora-scaled w.gguf:k`, or llama-cpp-python's
 `Llama(model_path=base.gguf, lora_path=w.gguf, lora_scale=k)`. We write llama.cpp's adapter format directly,
 as read by `llama_adapter_lora_init_impl` (src/llama-adapter.cpp) and written by its `convert_lora_to_gguf.py`:
 
@@ -85,10 +85,10 @@ class BaseGGUF:
 
 
 def _field(reader, key: str, default=None):
-    field = reader.get_field(key)
-    if field is None:
+    f = reader.get_field(key)
+    if f is None:
         return default
-    value = field.contents()
+    value = f.contents()
     return value.item() if hasattr(value, "item") else value
 
 
@@ -223,7 +223,7 @@ def export_gguf_lora(
     """Write w (times an optional baked-in k) as a llama.cpp GGUF LoRA adapter for the model in `base_gguf`.
 
     With the default k = 1 the file holds w itself and the strength is chosen at run time:
-    `llama-server -m base.gguf --lora-scaled w.gguf -2` or `Llama(model_path=..., lora_path=w.gguf, lora_scale=-2)`
+    `llama-server -m base.gguf --lora-scaled w.gguf:-2` or `Llama(model_path=..., lora_path=w.gguf, lora_scale=-2)`
     compute θ + (−2)·w. Ollama's Modelfile `ADAPTER` has no scale (it applies 1), so for Ollama export with the k
     you want baked into lora_b (`k=-2`).
 
@@ -342,7 +342,7 @@ def export_control_vector(
     k: float = 1.0,
     model_hint: str = "llama",
 ) -> Path:
-    """Write k·aˡ as a llama.cpp control vector (`--control-vector-scaled path s` scales it again by s).
+    """Write k·aˡ as a llama.cpp control vector (`--control-vector-scaled path:s` scales it again by s).
 
     Args:
         vector: an activation vector (train.py source=activation; tensors "0".."L", aˡ after block l − 1).
@@ -433,7 +433,7 @@ def apply_control_vector(llm, path: str | Path | None, strength: float = 1.0,
 
     llama-cpp-python exposes only the low-level `llama_set_adapter_cvec`, not llama.cpp's file loader; this reads the
     file with `control_vector_data` and applies it to blocks layer_start..layer_end (inclusive; llama.cpp's CLI
-    defaults 1..n_layer), as `--control-vector-scaled path strength` does. The KV cache is dropped (`llm.reset()`):
+    defaults 1..n_layer), as `--control-vector-scaled path:strength` does. The KV cache is dropped (`llm.reset()`):
     cached keys and values were computed without the vector.
     """
     import llama_cpp
