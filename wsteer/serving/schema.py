@@ -158,9 +158,9 @@ def parse_steering(body: dict, base_names: set[str]) -> Steering:
         for piece in model.split("+"):
             name, at, k = piece.partition("@")
             if not at:
-                raise APIError(f"unknown model {model!r}: this server serves {' or '.join(sorted(base_names))} and "
-                               f'steered aliases "<behavior>@<k>" such as "{name or "sycophancy"}@-2" (GET /v1/models '
-                               "lists the behaviors)", param="model", code="model_not_found")
+                raise APIError(f"unknown model {model!r}: name the base model ({' or '.join(sorted(base_names))}) "
+                               'or a steered alias "<behavior>@<k>" such as "sycophancy@-2" (GET /v1/models lists '
+                               "the behaviors)", param="model", code="model_not_found")
             name = _behavior_name(name, "model")
             if name in parts:
                 raise APIError(f"model {model!r} names {name!r} twice", param="model", code="invalid_value")
