@@ -105,3 +105,25 @@ def test_save_model_with_a_hook_method_is_refused_up_front(smoke_cfg):
 
     with pytest.raises(WsteerError, match="save_model/export_adapter need a weight-vector method"):
         steer_recipe.run(smoke_cfg("steer", ["method=activation", "save_model=true"]))
+
+
+def test_a_cached_rerun_generates_no_token_and_writes_the_same_report(smoke_cfg, monkeypatch):
+    """Issue 19: the held-out answers and every evaluator go through the item store, so the second run of the same
+    command (vector cached) generates nothing and reports the same numbers."""
+    from transformers.generation.utils import GenerationMixin
+
+    first = smoke_cfg("steer", ["k=[-20,1]"])
+    steer_recipe.run(first)
+    calls = []
+    real = GenerationMixin.generate
+    monkeypatch.setattr(GenerationMixin, "generate", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    second = smoke_cfg("steer", ["k=[-20,1]", f"output_dir={Path(first.output_dir).parent / 'again'}"])
+    steer_recipe.run(second)
+    assert calls == []
+
+    def without_vector_line(cfg):  # the first run built the vector, the second reused it: that line differs
+        text = (Path(cfg.output_dir) / "report.md").read_text()
+        return [line for line in text.splitlines() if not line.startswith("- **vector**")]
+    assert without_vector_line(first) == without_vector_line(second)
+    for name in ("metrics.json", "generations.jsonl", "eval_items.jsonl"):
+        assert (Path(first.output_dir) / name).read_text() == (Path(second.output_dir) / name).read_text(), name

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from wsteer.artifacts import write_json, write_text
 from wsteer.evaluation.runner import bootstrap_settings
 from wsteer.recipes._common import merge_base_adapter, prepare
-from wsteer.recipes.steer import answer_heldout, load_artifact, load_steerer, measured, parse_ks
+from wsteer.recipes.steer import load_artifact, load_steerer, measured, parse_ks
 from wsteer.report import steering_report
 from wsteer.tracking import log_by_k, log_results, start_run
 
@@ -47,8 +47,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         else:
             ks = [0.0]
         merge_base_adapter(ctx)
-        answers = answer_heldout(ctx, steerer, ks)
-        flat, eval_md, metrics = measured(ctx, steerer, answers, ks, wb)
+        flat, eval_md, answers, metrics = measured(ctx, steerer, ks, wb)
         meta = {"model": f"{cfg.model.path} (fingerprint {ctx.fingerprint})",
                 "vector": str(cfg.vector) if cfg.vector else "none (base model)"}
         write_text(ctx.out_dir / "report.md", steering_report(f"Evaluation: {ctx.behavior.name} held-out questions",

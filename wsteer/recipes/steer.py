@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
 from wsteer.artifacts import write_json, write_text
 from wsteer.config import instantiate
+from wsteer.data.pairs import build_judge
 from wsteer.errors import WsteerError
+from wsteer.evaluation.heldout import NAME as HELDOUT
+from wsteer.evaluation.heldout import HeldOut, answers_by_k
 from wsteer.evaluation.lexical import VERSION as LEXICAL_VERSION
-from wsteer.evaluation.lexical import tone_metrics, tone_records
-from wsteer.evaluation.runner import bootstrap_settings, write_items
-from wsteer.evaluation.uncertainty import SHOWN, differences_vs_k0, flat_uncertainty, summarize
-from wsteer.generation import generate
+from wsteer.evaluation.lexical import tone_metrics
+from wsteer.evaluation.runner import bootstrap_settings, build_evaluators, run_evaluators, write_items
+from wsteer.evaluation.uncertainty import SHOWN, differences_vs_k0, summarize
 from wsteer.recipes._common import Context, merge_base_adapter, prepare
 from wsteer.recipes.train import ensure_artifacts
 from wsteer.report import evaluation_section, steering_report
@@ -34,18 +35,16 @@ def parse_ks(k) -> list[float]:
     return [check_k(v) for v in values]
 
 
+def heldout_evaluator(ctx: Context) -> HeldOut:
+    """The behavior's held-out questions as an evaluator (report decoding: `eval.max_new_tokens`, `eval.batch_size`)."""
+    return HeldOut(max_new_tokens=ctx.cfg.eval.max_new_tokens, batch_size=ctx.cfg.eval.batch_size)
+
+
 def answer_heldout(ctx: Context, steerer, ks: list[float]) -> dict[float, list[str]]:
-    """Greedy answers to the behavior's held-out questions at each k (system prompt stripped, as in training)."""
-    answers = {}
-    for k in ks:
-        convs = [[{"role": "user", "content": q}] for q in ctx.behavior.heldout_questions]
-        if steerer is not None:
-            convs = [steerer.conversation(c, k) for c in convs]
-        with ctx.timed("generate"), (steerer.apply(ctx.model, k) if steerer is not None else nullcontext()):
-            outs = generate(ctx.model, ctx.tokenizer, convs, max_new_tokens=ctx.cfg.eval.max_new_tokens,
-                            batch_size=ctx.cfg.eval.batch_size, desc=f"generate k={k:g}")
-        answers[k] = [o["text"] for o in outs]
-    return answers
+    """Greedy answers to the behavior's held-out questions at each k (system prompt stripped, as in training),
+    through the item store: answers generated before for the same weights, steering and k are reused."""
+    _, records = run_evaluators(ctx, [heldout_evaluator(ctx)], steerer, ks)
+    return answers_by_k(records, ctx.behavior.heldout_questions, ks)
 
 
 METHOD_KEYS = ("source", "which")  # how a method's inputs are built, not constructor arguments
@@ -127,36 +126,25 @@ def composed_steerer(ctx: Context) -> tuple[WeightSteerer, str]:
     return WeightSteerer(compose(parts), name=f"composition {label}"), label
 
 
-def run_suite(ctx: Context, steerer, ks: list[float], wb=None) -> tuple[dict[str, float], list[dict]]:
-    """The selected evaluators (`evaluator=[...]`, default: the behavior's suite) at every k (paper §3):
-    flat metrics with their uncertainty, and the per-item records."""
-    from wsteer.data.pairs import build_judge
-    from wsteer.evaluation.runner import build_evaluators, run_evaluators
+def measured(ctx: Context, steerer, ks: list[float], wb=None):
+    """Everything measured at each k, in one loop that applies each k once (`run_evaluators`): the held-out answers
+    with their tone markers, and the selected evaluators (`evaluator=[...]`, default: the behavior's suite, §3),
+    with standard errors and paired Δ against k = 0.
 
-    evaluators = build_evaluators(ctx.cfg)
-    if not evaluators:
-        return {}, []
-    return run_evaluators(ctx, evaluators, steerer, ks, judge=build_judge(ctx.cfg.judge), wb=wb)
-
-
-def measured(ctx: Context, steerer, answers: dict[float, list[str]], ks: list[float], wb=None):
-    """Held-out tone and the evaluators at every k, with standard errors and paired Δ against k = 0.
-
-    Returns (flat metrics for metrics.json/W&B, the evaluation section of report.md, per-answer tone estimates).
-    Writes every item's record (tone and evaluators) to `eval_items.jsonl`.
+    Returns (flat metrics for metrics.json/W&B, the evaluation section of report.md, the held-out answers per k,
+    per-k tone estimates). Writes every item's record (held-out answers and evaluators) to `eval_items.jsonl`.
     """
     boot = bootstrap_settings(ctx.cfg)
-    tone = tone_records(ctx.behavior.heldout_questions, answers)
-    tone_summary = summarize(tone, **boot)
-    flat = {f"eval/heldout_tone/{name}@k={k:g}": e.value for (_, k), ests in tone_summary.items()
-            for name, e in ests.items()}
-    flat.update(flat_uncertainty(tone_summary))
-    evals, records = run_suite(ctx, steerer, ks, wb)
-    flat.update(evals)
-    write_items(ctx.out_dir, tone + records)
+    evaluators = [heldout_evaluator(ctx), *build_evaluators(ctx.cfg)]
+    flat, records = run_evaluators(ctx, evaluators, steerer, ks, judge=build_judge(ctx.cfg.judge), wb=wb)
+    write_items(ctx.out_dir, records)
     summary = summarize(records, **boot)
-    diffs = differences_vs_k0(tone + records, **boot)
-    return flat, evaluation_section(summary, diffs, ks), {k: tone_summary[("heldout_tone", k)] for k in answers}
+    tone = {k: summary[(HELDOUT, k)] for k in ks}
+    # the tone rates as exact means of the per-answer markers (the evaluators' own values are float32 running means)
+    flat.update({f"eval/{HELDOUT}/{name}@k={k:g}": e.value for k, ests in tone.items() for name, e in ests.items()})
+    suite = {key: ests for key, ests in summary.items() if key[0] != HELDOUT}  # tone has its own report table
+    diffs = differences_vs_k0(records, **boot)
+    return flat, evaluation_section(suite, diffs, ks), answers_by_k(records, ctx.behavior.heldout_questions, ks), tone
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -168,8 +156,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if isinstance(cfg.k, DictConfig):
         return run_composition(cfg)
     ks = parse_ks(cfg.k)  # fail on a bad k before loading anything
-    from wsteer.evaluation.runner import build_evaluators
-
     build_evaluators(cfg)  # a typo in an evaluator's settings fails here, not after training
     if (cfg.save_model or cfg.export_adapter) and cfg.method.source != "lora":
         raise WsteerError(f"save_model/export_adapter need a weight-vector method (weight, task_vector_pos/neg); "
@@ -187,8 +173,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             print(f"wsteer: layer sweep written to {ctx.out_dir / 'layer_sweep.png'}")
             return result
         sweep = [0.0] + [k for k in dict.fromkeys(ks) if k != 0]
-        answers = answer_heldout(ctx, steerer, sweep)
-        flat, eval_md, metrics = measured(ctx, steerer, answers, sweep, wb)
+        flat, eval_md, answers, metrics = measured(ctx, steerer, sweep, wb)
         man = steerer.manifest
         sched = man.get("schedule", {})
         meta = {
