@@ -99,9 +99,11 @@ class Evaluator(L.LightningModule):
     metric_names: tuple[str, ...] = ()
     strata: tuple[str, ...] = ("category",)  # item fields a `limit` sample is stratified by (stratified_order)
     relative_metrics: tuple[str, ...] = ()  # scores that compare an item with its own k = 0 record (relative_to_k0)
+    # item fields a `dataset:` file or hub id can fill (field → required; evaluation/sources.py); empty: no dataset=
+    dataset_fields: dict[str, bool] = {}
 
     def __init__(self, limit: int | None = None, seed: int = 0, max_new_tokens: int = 64, batch_size: int = 16,
-                 offset: int = 0):
+                 offset: int = 0, dataset: dict | None = None):
         super().__init__()
         if limit is not None and int(limit) < 1:
             raise WsteerError(f"evaluator {self.name}: limit={limit} must be ≥ 1 (or null for all items)")
@@ -113,6 +115,8 @@ class Evaluator(L.LightningModule):
         # `offset` skips the first items of the stratified order: a search tunes k on items [0, N) and reports on
         # [N, N + limit), so the reported numbers are not the ones k was chosen on (recipes/search.py)
         self.offset = int(offset)
+        # the evaluator's own data (a local file or a hub id with a column map) instead of its built-in sources
+        self.dataset = {k: (dict(v) if k == "columns" and v else v) for k, v in dict(dataset).items()} if dataset else None
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
         self.metrics = torch.nn.ModuleDict({m: MeanMetric(nan_strategy="ignore") for m in self.metric_names})
         self.data_hash: str | None = None  # of every loaded item, set by items(): part of the item-store key
@@ -142,7 +146,8 @@ class Evaluator(L.LightningModule):
                 "sample": (f"stratified by {'+'.join(self.strata)}, seed {self.seed}" if self.limit or self.offset
                            else "all") + (f", after the first {self.offset}" if self.offset else ""),
                 "offset": self.offset,
-                "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+                "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
+                **({"dataset": self.dataset} if self.dataset else {})}
 
     # ---- to implement ---------------------------------------------------------------------------------------
     def load_items(self) -> list[dict]:
@@ -151,11 +156,21 @@ class Evaluator(L.LightningModule):
     def evaluate(self, items: list[dict]) -> list[dict]:
         raise NotImplementedError
 
+    def from_dataset(self, items: list[dict]) -> list[dict]:
+        """Items read through `dataset:` (already mapped to `dataset_fields`), normalised as the built-in
+        loaders normalise theirs (e.g. answers' aliases as lists)."""
+        return items
+
     # ---- helpers for subclasses -------------------------------------------------------------------------------
     def items(self) -> list[dict]:
         """The items to run: every loaded item, or a seeded stratified sample of `limit` of them. Also records
         the hash of everything loaded, so an edited data file never reuses answers stored for the old one."""
-        items = self.load_items()
+        if self.dataset:
+            from wsteer.evaluation.sources import load_items
+
+            items = self.from_dataset(load_items(self.dataset, self.name, self.dataset_fields))
+        else:
+            items = self.load_items()
         self.data_hash = stable_hash(items)
         if self.limit or self.offset:
             end = self.offset + self.limit if self.limit else None

@@ -77,7 +77,8 @@ def _hub(loader: Callable[[], object], what: str):
         ) from e
 
 
-def _uniq(values) -> list[str]:
+def unique_texts(values) -> list[str]:
+    """Non-empty stripped strings, first occurrence kept (answer aliases)."""
     out: list[str] = []
     for v in values:
         v = str(v).strip()
@@ -112,8 +113,8 @@ def _qa_ours() -> list[dict]:
             "question": r["question"],
             "correct": r["correct"],
             "incorrect": r["incorrect"],
-            "aliases": _uniq([r["correct"], *r["aliases"]]),
-            "incorrect_aliases": _uniq([r["incorrect"], *r["incorrect_aliases"]]),
+            "aliases": unique_texts([r["correct"], *r["aliases"]]),
+            "incorrect_aliases": unique_texts([r["incorrect"], *r["incorrect_aliases"]]),
             "category": r["category"],
         }
         for r in rows
@@ -123,8 +124,8 @@ def _qa_ours() -> list[dict]:
 def _qa_truthfulqa() -> list[dict]:
     out = []
     for i, r in enumerate(_read_csv(_path("truthfulqa", "TruthfulQA.csv"))):
-        correct = _uniq([r["Best Answer"], *r["Correct Answers"].split(";")])
-        incorrect = _uniq(r["Incorrect Answers"].split(";"))
+        correct = unique_texts([r["Best Answer"], *r["Correct Answers"].split(";")])
+        incorrect = unique_texts(r["Incorrect Answers"].split(";"))
         if not incorrect:
             continue
         out.append(
@@ -165,8 +166,8 @@ def _qa_sycophancy_hub() -> list[dict]:
                 "question": question,
                 "correct": base["correct_answer"],
                 "incorrect": base["incorrect_answer"],
-                "aliases": _uniq([base["correct_answer"], *extra]),
-                "incorrect_aliases": _uniq([base["incorrect_answer"]]),
+                "aliases": unique_texts([base["correct_answer"], *extra]),
+                "incorrect_aliases": unique_texts([base["incorrect_answer"]]),
                 "category": base.get("dataset", ""),
             }
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from wsteer.errors import WsteerError
 from wsteer.evaluation.base import Evaluator
+from wsteer.evaluation.datasets import unique_texts as _uniq
 from wsteer.evaluation.matching import is_correct
 from wsteer.judges.base import JudgeItem
 
@@ -37,6 +38,8 @@ class FactualQA(Evaluator):
     metric_names = ("accuracy", "non_sycophancy", "non_sycophancy_all3", "non_sycophancy_strict",
                     *(f"accuracy_{v}" for v in CUED))
     relative_metrics = ("non_sycophancy_k0set",)
+    dataset_fields = {"question": True, "correct": True, "incorrect": True, "aliases": False,
+                      "incorrect_aliases": False, "category": False}
 
     def __init__(self, source: str = "ours", grader: str = "aliases", instruction: str = "", **kw):
         super().__init__(**kw)
@@ -52,6 +55,14 @@ class FactualQA(Evaluator):
         from wsteer.evaluation.datasets import factual_qa
 
         return factual_qa(self.source, seed=self.seed)
+
+    def from_dataset(self, items: list[dict]) -> list[dict]:
+        from wsteer.evaluation.sources import as_list
+
+        return [{**it, "correct": str(it["correct"]).strip(), "incorrect": str(it["incorrect"]).strip(),
+                 "aliases": _uniq([it["correct"], *as_list(it.get("aliases"))]),
+                 "incorrect_aliases": _uniq([it["incorrect"], *as_list(it.get("incorrect_aliases"))]),
+                 "category": str(it.get("category") or "")} for it in items]
 
     def prompt(self, item: dict, variant: str) -> str:
         text = CUES[variant].format(q=item["question"].strip(), correct=item["correct"], incorrect=item["incorrect"])

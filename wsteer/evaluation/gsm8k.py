@@ -15,11 +15,18 @@ class GSM8K(Evaluator):
     name = "gsm8k"
     version = 1
     metric_names = ("accuracy", "answered_rate")
+    dataset_fields = {"question": True, "answer": True}
 
     def load_items(self) -> list[dict]:
         from wsteer.evaluation.datasets import gsm8k
 
         return gsm8k("test", seed=self.seed)
+
+    def from_dataset(self, items: list[dict]) -> list[dict]:
+        """`answer` may be the final number or a worked solution ending in "#### N", as in GSM8K itself."""
+        from wsteer.evaluation.datasets import gsm8k_answer
+
+        return [{**it, "answer": gsm8k_answer(str(it["answer"]))} for it in items]
 
     def evaluate(self, items: list[dict]) -> list[dict]:
         from wsteer.evaluation.datasets import gsm8k_answer

@@ -45,6 +45,7 @@ class MMLU(Evaluator):
     version = 1
     metric_names = ("accuracy", "letter_mass")
     strata = ("subject",)
+    dataset_fields = {"question": True, "choices": True, "answer": True, "subject": False}
 
     def __init__(self, n: int = 100, source: str = "local", **kw):
         super().__init__(**kw)
@@ -64,6 +65,21 @@ class MMLU(Evaluator):
         from wsteer.evaluation.datasets import mmlu
 
         return mmlu(n=self.n, seed=self.seed, source=self.source)
+
+    def from_dataset(self, items: list[dict]) -> list[dict]:
+        """`choices`: a list column or "A;B;C;D"; `answer`: 0-3 or a letter A-D."""
+        from wsteer.evaluation.sources import as_list
+
+        out = []
+        for i, it in enumerate(items):
+            choices, answer = as_list(it["choices"]), str(it["answer"]).strip().upper()
+            index = LETTERS.index(answer) if answer in LETTERS else int(answer) if answer.isdigit() else -1
+            if len(choices) != len(LETTERS) or not 0 <= index < len(LETTERS):
+                raise WsteerError(f"evaluator mmlu: dataset row {i + 1} needs {len(LETTERS)} choices and an answer "
+                                  f"0-{len(LETTERS) - 1} or {LETTERS[0]}-{LETTERS[-1]}; got {len(choices)} choices, "
+                                  f"answer {it['answer']!r}")
+            out.append({**it, "choices": choices, "answer": index, "subject": str(it.get("subject") or "")})
+        return out
 
     def _letter_ids(self) -> list[list[int]]:
         out = []

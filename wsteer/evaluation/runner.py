@@ -45,10 +45,15 @@ def build_evaluators(cfg: DictConfig) -> list[Evaluator]:
             continue  # weight_similarity and other modes of evaluate.py that are not item evaluators
         cap = cfg.get("eval", {}).get("max_items")
         if cap is not None and (ecfg.get("limit") is None or ecfg.limit > cap):
-            ecfg = OmegaConf.merge(ecfg, {"limit": cap})
+            ecfg = OmegaConf.create({**OmegaConf.to_container(ecfg, resolve=True), "limit": cap})  # may lack `limit`
         ev = instantiate(ecfg, exclude=("name", "report"))
         if ev.name != key:
-            raise WsteerError(f"conf/evaluator/{key}.yaml builds evaluator {ev.name!r}; the key must match the name")
+            if not ev.dataset:
+                raise WsteerError(f"conf/evaluator/{key}.yaml builds evaluator {ev.name!r}; the key must match the "
+                                  "name (or give it its own `dataset:`, which makes it a new evaluation set)")
+            # a new evaluation set is one YAML: an existing evaluator on its own data, named (metrics, item store)
+            # by the YAML's key, e.g. eval/my_questions/accuracy
+            ev.name = key
         out.append(ev)
     return out
 

@@ -28,6 +28,7 @@ class Safety(Evaluator):
     name = "safety"
     version = 1
     metric_names = ("refusal_rate", "safety_rate", "asr", "mean_policy_score")
+    dataset_fields = {"request": True, "category": False}
 
     def __init__(self, source: str = "directharm4", **kw):
         super().__init__(**kw)
