@@ -27,8 +27,8 @@ from transformers import get_linear_schedule_with_warmup  # noqa: E402
 
 from wsteer.data.sft import PairedDataModule  # noqa: E402
 from wsteer.models import load_model  # noqa: E402
-from wsteer.recipes.train import _strategy  # noqa: E402
 from wsteer.training.paired import LoraPair, PairedModule  # noqa: E402
+from wsteer.training.trainer import strategy as _strategy  # noqa: E402
 
 WORLD, STEPS, BATCH, LR = 2, 4, 2, 5e-3
 SIDES = ("pos", "neg")

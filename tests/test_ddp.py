@@ -98,7 +98,7 @@ def test_all_visible_gpus_enter_the_cache_key_as_their_number(smoke_cfg, monkeyp
     """trainer=ddp trains on every visible GPU: 4 and 8 GPUs are different global batches, so different vectors."""
     import torch
 
-    from wsteer.recipes.train import _settings
+    from wsteer.training.build import artifact_settings as _settings
 
     cfg = smoke_cfg("train", ["+trainer.devices=-1", "trainer.accelerator=gpu"])
     keys = {}

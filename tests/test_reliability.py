@@ -332,13 +332,13 @@ def test_a_truncated_dataset_file_is_refused(tmp_path):
 def test_too_little_data_to_train_and_all_prompts_too_long_are_clear_errors(smoke_cfg):
     from wsteer.data.sft import PairedDataModule
     from wsteer.errors import WsteerError
-    from wsteer.recipes import train as train_recipe
     from wsteer.recipes._common import prepare
+    from wsteer.training import build
 
     ctx = prepare(smoke_cfg("train"))
     few = {s: [{"question": "q", "response": "a"}] * 2 for s in ("pos", "neg")}
     with pytest.raises(WsteerError, match=r"too little data to train: \{'pos': 2, 'neg': 2\} examples"):
-        train_recipe._datamodule(ctx, few)
+        build._datamodule(ctx, few)
     rows = {s: [{"question": "a long question " * 5, "response": "x"}] * 8 for s in ("pos", "neg")}
     with pytest.raises(WsteerError, match="longer than trainer.max_length=8 tokens; raise it"):
         PairedDataModule(ctx.tokenizer, rows, batch_size=2, max_length=8)

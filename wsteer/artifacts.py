@@ -51,7 +51,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
             shutil.rmtree(final)
         os.replace(tmp, final)
     except Exception as e:
-        reason = _storage_failure(e)
+        reason = storage_failure(e)
         if reason is None:
             raise
         from wsteer.errors import WsteerError
@@ -71,7 +71,7 @@ _STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "d
                    errno.EACCES: "permission denied", errno.EIO: "input/output error"}
 
 
-def _storage_failure(e: BaseException) -> str | None:
+def storage_failure(e: BaseException) -> str | None:
     """A readable reason if `e` is a storage failure, else None. Libraries written in Rust or C (safetensors,
     Arrow) report the OS error only in their message, as "os error N" or "errno N"."""
     if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:

@@ -20,17 +20,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from wsteer.chat import render_prompt  # noqa: F401 - also imported from here by callers
 from wsteer.errors import WsteerError
 
 BACKENDS = ("hf", "vllm")
 # Static caches are compiled per shape: rounding the padded prompt width to a multiple of this keeps the number
 # of distinct shapes (so of compilations) small across batches and k values.
 STATIC_WIDTH_MULTIPLE = 64
-
-
-def render_prompt(tokenizer, conversation: list[dict[str, str]]) -> list[int]:
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False).input_ids
 
 
 def length_buckets(lengths: list[int], batch_size: int, max_new_tokens: int = 0,

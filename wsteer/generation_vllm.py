@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from wsteer.chat import render_prompt
 from wsteer.errors import WsteerError
 
 
@@ -53,8 +54,6 @@ def _results(outputs) -> list[dict]:
 
 
 def _prompts(tokenizer, conversations) -> list[dict]:
-    from wsteer.generation import render_prompt
-
     # token ids rendered by our own chat template, so vLLM sees exactly the prompt the HF path sees
     return [{"prompt_token_ids": render_prompt(tokenizer, c)} for c in conversations]
 

@@ -142,3 +142,14 @@ class DenseVector:
     def load(cls, path: str | Path) -> DenseVector:
         tensors, manifest = _load(path, cls.FORMAT)
         return cls(tensors, manifest)
+
+
+def load_vector(path: str | Path) -> WeightVector | DenseVector:
+    """A saved vector of either kind, told apart by the format in its header (a missing or corrupt file gets the
+    loaders' own one-line error)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+    except Exception:  # noqa: BLE001 - missing or corrupt: let the loader produce its clear message
+        fmt = None
+    return DenseVector.load(path) if fmt == DenseVector.FORMAT else WeightVector.load(path)

@@ -6,8 +6,6 @@ import os
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -15,27 +13,9 @@ from omegaconf import DictConfig
 
 from wsteer.behaviors import Behavior
 from wsteer.config import validate
+from wsteer.context import Context
 from wsteer.errors import WsteerError
 from wsteer.models import fingerprint, load_model
-
-
-@dataclass
-class Context:
-    cfg: DictConfig
-    model: object
-    tokenizer: object
-    fingerprint: str
-    behavior: Behavior
-    out_dir: Path
-    timings: dict[str, float] = field(default_factory=dict)
-    ft_fingerprint: str | None = None  # set when a task fine-tune (base_adapter) is merged in
-
-    @contextmanager
-    def timed(self, stage: str):
-        t0 = time.perf_counter()
-        yield
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
-
 
 # Library deprecation chatter that says nothing about the user's run (Lightning's pytree internals, a
 # transformers rename that PEFT still calls); everything else is left visible.
@@ -73,9 +53,9 @@ def prepare(cfg: DictConfig) -> Context:
     if _may_use_judge(cfg):
         check_judge(cfg)
     if isinstance(cfg.get("vector"), str) and cfg.vector:
-        from wsteer.recipes.steer import load_artifact
+        from wsteer.vectors import load_vector
 
-        load_artifact(Path(cfg.vector))  # a missing, corrupt or non-finite vector file fails before the model load
+        load_vector(Path(cfg.vector))  # a missing, corrupt or non-finite vector file fails before the model load
     t0 = time.perf_counter()
     model, tokenizer = load_model(cfg.model, cfg.paths.cache_dir, cfg.device)
     ctx = Context(cfg, model, tokenizer, fingerprint(model), behavior, out_dir)
@@ -100,7 +80,7 @@ def check_enough_questions(cfg: DictConfig, behavior: Behavior) -> None:
     questions × prompts per side × `sampling.n_samples` of them; training needs 4 per side, and `sampling.min_kept`
     (default 4) are needed to keep a dataset at all.
     """
-    from wsteer.recipes.train import MIN_EXAMPLES
+    from wsteer.training.build import MIN_EXAMPLES
 
     trains = not ("stage" in cfg and cfg.stage == "data") and cfg.get("source") != "joint"
     min_kept = int(cfg.sampling.get("min_kept", 4))

@@ -14,9 +14,10 @@ from omegaconf import DictConfig
 from wsteer.artifacts import write_json, write_text
 from wsteer.evaluation.runner import bootstrap_settings
 from wsteer.recipes._common import merge_base_adapter, prepare
-from wsteer.recipes.steer import load_artifact, load_steerer, measured, parse_ks
+from wsteer.recipes.steer import load_steerer, measured, parse_ks
 from wsteer.report import steering_report
 from wsteer.tracking import log_by_k, log_results, start_run
+from wsteer.vectors import load_vector
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -37,7 +38,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     build_evaluators(cfg)
     if cfg.vector:
-        load_artifact(Path(cfg.vector))  # fail on a bad file before the model load
+        load_vector(Path(cfg.vector))  # fail on a bad file before the model load
     ctx = prepare(cfg)
     wb = start_run(cfg, "evaluate")
     try:

@@ -100,7 +100,8 @@ def run_experiment(ctx, wb=None) -> dict[str, float]:
     from wsteer.data.pairs import build_judge
     from wsteer.monitoring.em_probe import EMProbe
     from wsteer.recipes.task_finetune import train_task
-    from wsteer.recipes.train import _trainer, ensure_artifacts
+    from wsteer.training.build import ensure_artifacts
+    from wsteer.training.trainer import build_trainer
 
     cfg, mon = ctx.cfg, ctx.cfg.monitoring
     if cfg.trainer.get("devices", 1) != 1:
@@ -139,7 +140,7 @@ def run_experiment(ctx, wb=None) -> dict[str, float]:
                                        max_new_tokens=cfg.eval.max_new_tokens)
 
         def make_trainer(*args, _probe=probe, **kwargs):
-            trainer = _trainer(*args, **kwargs)
+            trainer = build_trainer(*args, **kwargs)
             trainer.callbacks.append(_probe)
             return trainer
 

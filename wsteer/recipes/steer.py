@@ -19,12 +19,12 @@ from wsteer.evaluation.lexical import tone_metrics
 from wsteer.evaluation.runner import bootstrap_settings, build_evaluators, run_evaluators, write_items
 from wsteer.evaluation.uncertainty import SHOWN, differences_vs_k0, summarize
 from wsteer.recipes._common import Context, merge_base_adapter, prepare
-from wsteer.recipes.train import ensure_artifacts
 from wsteer.report import evaluation_section, steering_report
 from wsteer.steering.k import check_k
 from wsteer.steering.weight import WeightSteerer
 from wsteer.tracking import log_by_k, log_generations, log_results, start_run
-from wsteer.vectors import DenseVector, WeightVector
+from wsteer.training.build import ensure_artifacts
+from wsteer.vectors import WeightVector, load_vector
 
 
 def parse_ks(k) -> list[float]:
@@ -59,7 +59,7 @@ def load_steerer(ctx: Context, run=None):
     else:
         if cfg.vector:
             path = Path(cfg.vector)
-            art = load_artifact(path)
+            art = load_vector(path)
             made_by = art.manifest.get("method")
             if m.source == "finetune" or made_by not in (m.source, "weight" if m.source == "lora" else None):
                 raise WsteerError(f"{path} holds a {made_by!r} artifact, which method={m.name} cannot use; "
@@ -89,18 +89,6 @@ def behavior_mismatch(manifest: dict, behavior: str, path) -> str | None:
         return None
     return (f"{path} was built for behavior {made_for!r}, but this run has behavior={behavior}: its held-out "
             f"questions and default evaluators are {behavior}'s (pass behavior={made_for} unless this is on purpose)")
-
-
-def load_artifact(path: Path):
-    """A saved vector of either kind, told apart by the format in its header."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            fmt = (f.metadata() or {}).get("format")
-    except Exception:  # missing or corrupt: let the loader produce its clear message
-        fmt = None
-    return DenseVector.load(path) if fmt == DenseVector.FORMAT else WeightVector.load(path)
 
 
 def composed_steerer(ctx: Context) -> tuple[WeightSteerer, str]:

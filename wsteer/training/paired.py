@@ -297,7 +297,7 @@ class ResumeCheckpoint(L.Callback):
                 tmp.unlink(missing_ok=True)
 
     def _save(self, trainer: L.Trainer) -> None:
-        from wsteer.artifacts import _storage_failure
+        from wsteer.artifacts import storage_failure
 
         tmp = self._tmp(os.getpid())
         try:
@@ -307,7 +307,7 @@ class ResumeCheckpoint(L.Callback):
                 os.replace(tmp, self.path)
         except Exception as e:
             tmp.unlink(missing_ok=True)  # never leave a partial file behind
-            reason = _storage_failure(e)
+            reason = storage_failure(e)
             if reason is None:
                 raise
             kept = "the previous checkpoint is unchanged" if self.path.is_file() else "no checkpoint was kept"

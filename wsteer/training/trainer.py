@@ -1,0 +1,49 @@
+"""The trainer factory shared by the paired vector fine-tunes, the task fine-tunes and the monitoring experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from wsteer.context import Context
+from wsteer.monitoring.callback import callbacks_from_cfg
+from wsteer.training.paired import ResumeCheckpoint
+
+
+def strategy(t):
+    """`trainer.strategy`, with FSDP wrapping each decoder layer when `trainer.wrap_layers` names them."""
+    s = t.get("strategy", "auto")
+    if s == "fsdp" and t.get("wrap_layers"):
+        import transformers
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy={getattr(transformers, n) for n in t.wrap_layers
+                                              if hasattr(transformers, n)})
+    if s == "ddp":
+        # each backward of a paired step uses one side's LoRA weights only; plain DDP would stop on the other's
+        return "ddp_find_unused_parameters_true"
+    return s
+
+
+def build_trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None = None,
+             resume_ckpt: Path | None = None, one_device: bool = False) -> L.Trainer:
+    """The Lightning Trainer every fine-tune of a run uses: CSV (+ W&B) logging, the configured callbacks, a
+    resume checkpoint when given; `one_device` for passes that must not fan out (activation collection)."""
+    t = ctx.cfg.trainer
+    loggers = [CSVLogger(str(ctx.out_dir), name="train_log")]
+    if run is not None:
+        loggers.append(WandbLogger(experiment=run))
+    callbacks = callbacks_from_cfg(ctx.cfg.get("callbacks"), ctx.out_dir)
+    if resume_ckpt is not None:
+        callbacks = [*callbacks, ResumeCheckpoint(resume_ckpt)]
+    return L.Trainer(
+        callbacks=callbacks,
+        max_steps=max_steps, val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        accelerator=t.accelerator, devices=1 if one_device else t.get("devices", 1),
+        strategy="auto" if one_device else strategy(t), precision=t.precision,
+        logger=loggers, log_every_n_steps=1,
+        use_distributed_sampler=False,  # PairedDataModule shards training rows per rank itself (see _shard)
+        enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(ctx.out_dir),
+    )
