@@ -433,3 +433,17 @@ def test_the_page_compares_answers_at_several_k_in_a_real_browser(server, tmp_pa
     for a in answers:
         extra = {} if a["method"] == "base" else {"steer": {"sycophancy": a["k"]}, "method": a["method"]}
         assert a["text"] == ask(client, QUESTIONS[3], extra_body=extra or None), a
+
+
+def test_serving_bench_smoke(monkeypatch, tmp_path):
+    from bench import serve as serve_bench
+
+    out = tmp_path / "serve.json"
+    monkeypatch.setattr(sys, "argv", [serve_bench.__file__, "--arch", "tiny", "--requests", "8", "--clients", "1,4",
+                                      "--single-client-requests", "2", "--max-new-tokens", "4", "--json", str(out)])
+    serve_bench.main()
+    rows = {r["system"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"offline_generate_bs32", "server_c1", "server_c4", "server_c4_mixed_k"}
+    # greedy: every served answer is the offline answer, single-k and mixed-k alike
+    assert all(r["agree"] == 1.0 for name, r in rows.items() if name.startswith("server"))
+    assert rows["server_c4"]["tok_per_s"] > 0 and rows["server_c4_mixed_k"]["ks"] == "-2,0,2,4"

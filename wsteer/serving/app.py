@@ -131,8 +131,8 @@ def build_app(engine: Engine, library: ServedLibrary, settings: Settings) -> Fas
 
     async def serve(req: GenRequest, request: Request):
         t0 = time.perf_counter()
-        steerer, k = await run_in_threadpool(library.resolve, req.steering)
-        rows = await run_in_threadpool(prepare_rows, req)
+        # one hop to a thread for the CPU and disk work: load/compose the vectors, tokenize
+        (steerer, k), rows = await run_in_threadpool(lambda: (library.resolve(req.steering), prepare_rows(req)))
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         job = Job(req.steering, steerer, k, req.sampling, rows,
                   sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))

@@ -264,7 +264,18 @@ class HFEngine(Engine):
             if not job.cancelled:
                 self._pending.append(job)
         # Gather: keep taking arrivals while they come less than batch_wait_s apart and the head's batch has room
-        # (capped, so a steady trickle of other steerings cannot hold the head back for long).
+        # (capped, so a steady trickle of other steerings cannot hold the head back for long). A lone client pays
+        # batch_wait_s per request for this; waiting only after batches of more than one row was tried and
+        # halved the batch sizes of 8 and 32 concurrent clients (bench/serve.py on the tiny model).
+        while True:  # whatever has already arrived joins at once
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)
+                break
+            self._pending.append(job)
         give_up = time.monotonic() + 5 * self.batch_wait_s
         while self._rows_waiting(self._pending[0].key()) < self.max_batch_rows:
             timeout = min(self.batch_wait_s, give_up - time.monotonic())
