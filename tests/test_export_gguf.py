@@ -188,6 +188,36 @@ def test_bad_inputs_get_one_clear_error_and_leave_no_file(base_gguf, tmp_path, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.gguf", "not.gguf"]  # no temp files left
 
 
+def test_command_line_export_of_saved_vectors(base_gguf, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, subprocess_env
+    from wsteer.export_gguf import main
+
+    vector = _random_vector(base_gguf, rank=2, modules=("q_proj",))
+    vector.manifest["model_name"] = "smollm2_135m"  # built on the embedded model: its GGUF is the default base
+    vector.save(tmp_path / "w.safetensors")
+    out = main([str(tmp_path / "w.safetensors"), str(tmp_path / "w.gguf"), "--k", "-2"])
+    factors, meta = read_gguf_lora(out, base_gguf, permuted=True)
+    assert meta["wsteer.k"] == -2.0 and len(factors) == 30
+    b, a = vector.factors["model.layers.0.self_attn.q_proj.weight"]
+    assert torch.equal(factors["blk.0.attn_q.weight"][0], -2 * b)
+    act = DenseVector({str(i): torch.ones(576) * i for i in range(31)},
+                      {"base_model": "x", "base_fingerprint": "y", "behavior": "z", "method": "activation"})
+    act.save(tmp_path / "a.safetensors")
+    main([str(tmp_path / "a.safetensors"), str(tmp_path / "cv.gguf"), "--layer", "20"])
+    n_embd, data = control_vector_data(tmp_path / "cv.gguf")
+    assert data.reshape(-1, n_embd).shape == (19, 576) and data[-1] == 20.0
+    vector.manifest["model_name"] = "qwen2_5_0_5b_instruct"  # loaded from the hub: no GGUF to default to
+    vector.save(tmp_path / "q.safetensors")
+    r = subprocess.run([sys.executable, "-m", "wsteer.export_gguf", str(tmp_path / "q.safetensors"),
+                        str(tmp_path / "q.gguf")], cwd=ROOT, env=subprocess_env(tmp_path), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "wsteer: error:" in r.stderr and "--base" in r.stderr and not r.stdout
+    assert not (tmp_path / "q.gguf").exists()
+
+
 # ---------------------------------------------------------------- control vector file
 
 
@@ -244,11 +274,11 @@ def test_activation_positions_all_adds_at_every_position_and_last_stays_the_defa
 # ---------------------------------------------------------------- real llama.cpp
 
 
-def _llama(base_gguf, lora=None, scale: float = 1.0):
+def _llama(base_gguf, lora=None, scale: float = 1.0, logits_all: bool = False):
     from llama_cpp import Llama
 
     return Llama(model_path=str(base_gguf), lora_path=str(lora) if lora else None, lora_scale=scale, n_ctx=512,
-                 n_threads=1, seed=0, verbose=False)
+                 n_threads=1, seed=0, logits_all=logits_all, verbose=False)
 
 
 @pytest.fixture
@@ -399,98 +429,158 @@ def test_llama_cpp_lora_moves_the_logits_as_hf_theta_plus_k_w_and_the_permutatio
 
 
 @pytest.fixture(scope="module")
-def trained(smollm, tmp_path_factory):
-    """The default sycophancy w and activation vector on the embedded model, built once and cached."""
+def train_ctx(tmp_path_factory):
+    """A train.py context on the embedded model with the default settings and the persistent wsteer cache."""
     from hydra import compose, initialize_config_dir
 
     from wsteer.recipes._common import prepare
-    from wsteer.recipes.train import ensure_artifacts
 
     cache = os.path.expanduser(os.environ.get("WSTEER_CACHE", "~/.cache/wsteer"))
     out = tmp_path_factory.mktemp("train")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"output_dir={out}", f"paths.cache_dir={cache}",
                                                       "logger=none", "behavior=sycophancy"])
-    ctx = prepare(cfg)
-    lora, _, _ = ensure_artifacts(ctx, "lora")
-    act, _, _ = ensure_artifacts(ctx, "activation")
-    return ctx, lora["contrastive"], act["activation"], int(cfg.activation_layer)
+    return prepare(cfg)
+
+
+@pytest.fixture(scope="module")
+def trained_w(train_ctx):
+    """The default sycophancy w (python train.py behavior=sycophancy), built once and then reused from the cache."""
+    from wsteer.recipes.train import ensure_artifacts
+
+    return ensure_artifacts(train_ctx, "lora")[0]["contrastive"]
+
+
+@pytest.fixture(scope="module")
+def trained_a(train_ctx):
+    """The sycophancy activation vector (train.py source=activation) and the behavior's activation layer."""
+    from wsteer.recipes.train import ensure_artifacts
+
+    return ensure_artifacts(train_ctx, "activation")[0]["activation"], int(train_ctx.cfg.activation_layer)
 
 
 def _agreement(a: list[list[int]], b: list[list[int]]) -> int:
+    """Prompts whose greedy continuations are identical (all N_NEW tokens, or up to the same <|im_end|>)."""
     return sum(x == y for x, y in zip(a, b, strict=True))
 
 
+def _token_agreement(llm, prompts: list[list[int]], reference: list[list[int]]) -> float:
+    """Teacher-forced: the share of `reference`'s tokens that are llama.cpp's argmax given the same prefix.
+
+    Greedy agreement compounds (one flipped near-tie changes everything after it); this counts each position once.
+    `llm` must be made with logits_all=True.
+    """
+    hits = total = 0
+    for p, ref in zip(prompts, reference, strict=True):
+        llm.reset()
+        llm.eval(p + ref[:-1])
+        pred = np.argmax(llm.scores[len(p) - 1: len(p) - 1 + len(ref)], axis=1)
+        hits += int((pred == np.array(ref)).sum())
+        total += len(ref)
+    return hits / total
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(base_gguf, tmp_path_factory):
+    return _f32_base(base_gguf, tmp_path_factory.mktemp("f32") / "base-f32.gguf")
+
+
+@pytest.fixture(scope="module")
+def base_runs(train_ctx, base_gguf, f32_gguf):
+    """The 20 held-out prompts and the unsteered greedy tokens: HF fp32, llama.cpp on the Q4_1 GGUF and on F32."""
+    prompts = _prompts(train_ctx.tokenizer)
+    hf = [_hf_greedy(train_ctx.model, p) for p in prompts]
+    runs = {"prompts": prompts, "hf": hf}
+    for name, path in (("q4", base_gguf), ("f32", f32_gguf)):
+        llm = _llama(path)
+        runs[name] = [_llama_greedy(llm, p) for p in prompts]
+        llm.close()
+        llm = _llama(path, logits_all=True)
+        runs[f"{name}_token_agreement"] = _token_agreement(llm, prompts, hf)
+        llm.close()
+    return runs
+
+
+def _report(name: str, k: float, runs: dict, steered: dict) -> dict:
+    """Agreement figures: greedy (prompts, of 20, whose 32 tokens all match) and teacher-forced (share of tokens)."""
+    n = len(runs["prompts"])
+    out = {"check": name, "prompts": n, "tokens": N_NEW, "k": k,
+           "k0_llama_cpp_equals_its_base": _agreement(steered["q4_zero"], runs["q4"]),
+           "k_changes_hf_answers": n - _agreement(steered["hf"], runs["hf"])}
+    for base in ("q4", "f32"):
+        out[f"{base}_vs_hf_k=0"] = _agreement(runs[base], runs["hf"])
+        out[f"{base}_vs_hf_k={k:g}"] = _agreement(steered[base], steered["hf"])
+        out[f"{base}_token_agreement_k=0"] = round(runs[f"{base}_token_agreement"], 4)
+        out[f"{base}_token_agreement_k={k:g}"] = round(steered[f"{base}_token_agreement"], 4)
+    print("\n" + json.dumps(out))
+    return out
+
+
 @pytest.mark.slow
 @needs_llama_cpp
-def test_llama_cpp_with_the_exported_vector_agrees_with_wsteer_theta_plus_k_w(base_gguf, trained, tmp_path, llamas):
+def test_llama_cpp_with_the_exported_vector_agrees_with_wsteer_theta_plus_k_w(base_gguf, f32_gguf, train_ctx,
+                                                                                trained_w, base_runs, tmp_path):
+    """θ + k·w at k = −2: llama.cpp with the GGUF adapter against wsteer's in-place HF steering.
+
+    On the F32 copy of the base (the weights the HF model holds) the adapter must reproduce wsteer on ≥ 90% of the
+    prompts. On the Q4_1 file llama.cpp multiplies 4-bit weights by 8-bit-quantized activations, which already
+    changes the unsteered base's greedy text on most prompts; there the adapter must not add disagreement beyond
+    that (teacher-forced token agreement at k = −2 within 2 points of k = 0).
+    """
     from wsteer.steering.weight import WeightSteerer
 
-    ctx, vector, _, _ = trained
-    model, tok = ctx.model, ctx.tokenizer
+    vector, model = trained_w, train_ctx.model
     path = export_gguf_lora(vector, tmp_path / "w.gguf", base_gguf, model=model)
-    prompts = _prompts(tok)
-    k = -2.0
-    llm_base, llm_zero, llm_k = llamas(base_gguf), llamas(base_gguf, path, 0.0), llamas(base_gguf, path, k)
-    base_cpp = [_llama_greedy(llm_base, p) for p in prompts]
-    zero_cpp = [_llama_greedy(llm_zero, p) for p in prompts]
-    k_cpp = [_llama_greedy(llm_k, p) for p in prompts]
-    base_hf = [_hf_greedy(model, p) for p in prompts]
+    prompts, k = base_runs["prompts"], -2.0
     with WeightSteerer(vector).apply(model, k):
-        k_hf = [_hf_greedy(model, p) for p in prompts]
-    # the same adapter on an F32 copy of the base (the weights the HF model holds): what is left is quantization
-    f32 = _f32_base(base_gguf, tmp_path / "base-f32.gguf")
-    llm_f32, llm_f32_k = llamas(f32), llamas(f32, path, k)
-    base_f32 = [_llama_greedy(llm_f32, p) for p in prompts]
-    k_f32 = [_llama_greedy(llm_f32_k, p) for p in prompts]
-    report = {"prompts": len(prompts), "tokens": N_NEW,
-              "k0_adapter_equals_llama_cpp_base": _agreement(zero_cpp, base_cpp),
-              "base_llama_cpp_vs_hf": _agreement(base_cpp, base_hf),
-              "base_llama_cpp_f32_vs_hf": _agreement(base_f32, base_hf),
-              f"k={k:g}_llama_cpp_f32_vs_hf": _agreement(k_f32, k_hf),
-              f"k={k:g}_llama_cpp_vs_hf": _agreement(k_cpp, k_hf),
-              f"k={k:g}_changed_vs_base_hf": len(prompts) - _agreement(k_hf, base_hf),
-              "first_divergence": [next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
-                                   for a, b in zip(k_cpp, k_hf, strict=True)]}
-    print("\n" + json.dumps(report))
-    assert zero_cpp == base_cpp  # scale 0: the base's tokens on every prompt
-    assert report[f"k={k:g}_changed_vs_base_hf"] >= 10  # k = −2 really steers
-    assert report[f"k={k:g}_llama_cpp_vs_hf"] >= 18  # ≥ 90% of 20 prompts, all 32 tokens
+        steered = {"hf": [_hf_greedy(model, p) for p in prompts]}
+    for name, base, scale in (("q4_zero", base_gguf, 0.0), ("q4", base_gguf, k), ("f32", f32_gguf, k)):
+        llm = _llama(base, path, scale)
+        steered[name] = [_llama_greedy(llm, p) for p in prompts]
+        llm.close()
+        if name != "q4_zero":
+            llm = _llama(base, path, scale, logits_all=True)
+            steered[f"{name}_token_agreement"] = _token_agreement(llm, prompts, steered["hf"])
+            llm.close()
+    report = _report("weight vector as GGUF LoRA", k, base_runs, steered)
+    assert report["k0_llama_cpp_equals_its_base"] == len(prompts)  # scale 0: the base's tokens on every prompt
+    assert report["k_changes_hf_answers"] >= 10  # k = −2 really steers
+    assert report[f"f32_vs_hf_k={k:g}"] >= 18  # ≥ 90% of 20 prompts, all 32 tokens
+    assert report[f"q4_token_agreement_k={k:g}"] >= report["q4_token_agreement_k=0"] - 0.02
 
 
 @pytest.mark.slow
 @needs_llama_cpp
-def test_llama_cpp_control_vector_agrees_with_activation_steering_at_every_position(base_gguf, trained, tmp_path,
-                                                                                   llamas):
+def test_llama_cpp_control_vector_agrees_with_activation_steering_at_every_position(base_gguf, f32_gguf, train_ctx,
+                                                                                   trained_a, base_runs, tmp_path):
+    """k·aˡ at k = −2: llama.cpp's control vector against `ActivationSteerer(positions="all")` (like for like), and
+    how far wsteer's default last-position mode is from it."""
     from wsteer.export_gguf import apply_control_vector
     from wsteer.steering.activation import ActivationSteerer
 
-    ctx, _, act, layer = trained
-    model, tok = ctx.model, ctx.tokenizer
+    (act, layer), model = trained_a, train_ctx.model
     path = export_control_vector(act, tmp_path / "cv.gguf", layer=layer)
-    prompts = _prompts(tok)
-    k = -2.0
-    llm = llamas(base_gguf)
-    base_cpp = [_llama_greedy(llm, p) for p in prompts]
-    apply_control_vector(llm, path, 0.0)
-    zero_cpp = [_llama_greedy(llm, p) for p in prompts]
-    apply_control_vector(llm, path, k)
-    k_cpp = [_llama_greedy(llm, p) for p in prompts]
-    base_hf = [_hf_greedy(model, p) for p in prompts]
-    every = ActivationSteerer(act, layer=layer, positions="all")
-    last = ActivationSteerer(act, layer=layer)
-    with every.apply(model, k):
-        every_hf = [_hf_greedy(model, p) for p in prompts]
-    with last.apply(model, k):
-        last_hf = [_hf_greedy(model, p) for p in prompts]
-    report = {"prompts": len(prompts), "tokens": N_NEW, "layer": layer, "direction": f"direction.{layer - 1}",
-              "k0_equals_llama_cpp_base": _agreement(zero_cpp, base_cpp),
-              "base_llama_cpp_vs_hf": _agreement(base_cpp, base_hf),
-              f"k={k:g}_llama_cpp_vs_hf_all_positions": _agreement(k_cpp, every_hf),
-              f"k={k:g}_llama_cpp_vs_hf_last_position": _agreement(k_cpp, last_hf),
-              f"k={k:g}_hf_all_vs_last_position": _agreement(every_hf, last_hf),
-              f"k={k:g}_changed_vs_base_hf_all": len(prompts) - _agreement(every_hf, base_hf)}
-    print("\n" + json.dumps(report))
-    assert zero_cpp == base_cpp
-    assert report[f"k={k:g}_changed_vs_base_hf_all"] >= 5
-    assert report[f"k={k:g}_llama_cpp_vs_hf_all_positions"] >= 16
+    prompts, k = base_runs["prompts"], -2.0
+    with ActivationSteerer(act, layer=layer, positions="all").apply(model, k):
+        steered = {"hf": [_hf_greedy(model, p) for p in prompts]}
+    with ActivationSteerer(act, layer=layer).apply(model, k):
+        last = [_hf_greedy(model, p) for p in prompts]
+    for name, base, scale in (("q4_zero", base_gguf, 0.0), ("q4", base_gguf, k), ("f32", f32_gguf, k)):
+        llm = _llama(base)
+        apply_control_vector(llm, path, scale)
+        steered[name] = [_llama_greedy(llm, p) for p in prompts]
+        llm.close()
+        if name != "q4_zero":
+            llm = _llama(base, logits_all=True)
+            apply_control_vector(llm, path, scale)
+            steered[f"{name}_token_agreement"] = _token_agreement(llm, prompts, steered["hf"])
+            llm.close()
+    report = _report(f"activation vector as control vector (layer {layer} -> direction.{layer - 1})", k,
+                     base_runs, steered)
+    gap = {"hf_all_positions_vs_last_position": _agreement(steered["hf"], last),
+           "f32_llama_cpp_vs_hf_last_position": _agreement(steered["f32"], last)}
+    print(json.dumps(gap))
+    assert report["k0_llama_cpp_equals_its_base"] == len(prompts)
+    assert report["k_changes_hf_answers"] >= 5
+    assert report[f"f32_vs_hf_k={k:g}"] >= 18
+    assert report[f"q4_token_agreement_k={k:g}"] >= report["q4_token_agreement_k=0"] - 0.02

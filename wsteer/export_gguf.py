@@ -450,3 +450,60 @@ def apply_control_vector(llm, path: str | Path | None, strength: float = 1.0,
                           "n_embd?): wrong base model")
     llm.reset()
 
+
+
+def default_base_gguf(manifest: dict) -> Path:
+    """The GGUF a vector's base model was loaded from, when that is one of wsteer's GGUF model configs."""
+    from omegaconf import OmegaConf
+
+    from wsteer.artifacts import PROJECT_ROOT
+    from wsteer.models import gguf_path
+
+    name = manifest.get("model_name")
+    cfg_path = PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"
+    if not name or not cfg_path.is_file() or OmegaConf.load(cfg_path).get("source") != "gguf":
+        raise WsteerError(f"the vector's base model ({manifest.get('base_model')!r}) was not loaded from a GGUF; "
+                          "convert it with llama.cpp's convert_hf_to_gguf.py and pass --base FILE.gguf")
+    return gguf_path(OmegaConf.load(cfg_path))
+
+
+def _load_vector(path: Path) -> WeightVector | DenseVector:
+    """A saved vector of either kind, told apart by the format in its safetensors header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+    except Exception:  # noqa: BLE001 - missing or corrupt: the loader below gives the clear message
+        fmt = None
+    return DenseVector.load(path) if fmt == DenseVector.FORMAT else WeightVector.load(path)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """`python -m wsteer.export_gguf VECTOR OUT.gguf [--base BASE.gguf] [--k K] [--layer L] [--f16]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m wsteer.export_gguf", description=(
+        "Write a wsteer weight vector as a llama.cpp GGUF LoRA adapter, or an activation vector as a control vector."))
+    parser.add_argument("vector", help="a vector .safetensors written by wsteer (train.py run dir or the cache)")
+    parser.add_argument("out", help="the .gguf file to write")
+    parser.add_argument("--base", help="the base model's GGUF (default: the embedded model's, for vectors built on it)")
+    parser.add_argument("--k", type=float, default=1.0, help="strength baked into the file (default 1: pick k at "
+                        "run time with --lora-scaled FILE:k; Ollama needs it baked in)")
+    parser.add_argument("--layer", type=int, help="activation vectors: wsteer's layer l (default: the middle layer)")
+    parser.add_argument("--f16", action="store_true", help="LoRA factors in F16 (half the size)")
+    args = parser.parse_args(argv)
+    vector = _load_vector(Path(args.vector))
+    if isinstance(vector, DenseVector):
+        out = export_control_vector(vector, args.out, layer=args.layer, k=args.k)
+    else:
+        base = args.base or default_base_gguf(vector.manifest)
+        out = export_gguf_lora(vector, args.out, base, k=args.k, dtype="f16" if args.f16 else "f32")
+    print(f"wsteer: wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    from wsteer.cli import guarded
+
+    guarded(lambda _: main(), None)
