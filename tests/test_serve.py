@@ -245,6 +245,44 @@ def test_streaming_yields_the_same_text_as_a_plain_request(server):
     assert "".join(c.choices[0].text for c in streamed) == full[: full.index(stop)]
 
 
+def test_a_streaming_client_that_leaves_mid_answer_stops_its_row_and_the_server_goes_on(server):
+    import http.client
+
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = json.dumps({"model": "sycophancy@-2", "messages": [{"role": "user", "content": QUESTIONS[1]}],
+                       "temperature": 0, "max_tokens": 1500, "stream": True})
+    conn.request("POST", "/v1/chat/completions", body, {"Authorization": f"Bearer {KEY}",
+                                                        "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    while b'"delta": {"content": "' not in resp.readline():  # until the answer has begun
+        pass
+    resp.close()
+    conn.close()  # gone mid-answer: its row stops at the next step instead of running to 1500 tokens
+    deadline = time.monotonic() + 60
+    while "a client left (steer=sycophancy@-2): its answer stopped after" not in server.log.read_text():
+        assert time.monotonic() < deadline, "the server never noticed the client leave"
+        time.sleep(0.1)
+    line = next(x for x in server.log.read_text().splitlines() if "its answer stopped after" in x)
+    assert int(line.split("stopped after ")[1].split()[0]) < 1500, line
+    assert ask(server.client(), QUESTIONS[0], model="sycophancy@-2") is not None
+    assert server.health()["queued"] == 0
+
+
+def test_sampled_answers_follow_the_seed(server):
+    client = server.client()
+
+    def sample(seed):
+        r = client.chat.completions.create(model="evil@1", messages=[{"role": "user", "content": QUESTIONS[5]}],
+                                           temperature=0.9, top_p=0.95, seed=seed, max_tokens=16, n=3)
+        return [c.message.content for c in r.choices]
+
+    first = sample(7)
+    assert len(first) == 3 and len(set(first)) > 1  # n rows sampled independently
+    assert sample(7) == first  # the same seed, batched the same way (alone): the same answers
+
+
 BAD = [
     # (what, openai client kwargs or raw body, expected code, words the message must hold)
     ("unknown behavior", {"model": "nosuch@-2"}, "unknown_behavior", "known behaviors"),

@@ -29,6 +29,7 @@ from wsteer.serving.vectors import ServedLibrary
 
 log = logging.getLogger("wsteer.serve")
 PAGE = Path(__file__).parent / "static" / "index.html"
+DISCONNECT_POLL_S = 0.5  # how often a request waiting for its answer checks that its client is still there
 
 
 @dataclass
@@ -149,11 +150,14 @@ def build_app(engine: Engine, library: ServedLibrary, settings: Settings) -> Fas
                      time.perf_counter() - t0)
 
         if req.stream:
-            return StreamingResponse(stream(req, job, events, meta, extra, done_log), media_type="text/event-stream",
+            return StreamingResponse(stream(req, job, events, meta, extra, done_log, request),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             while True:
-                ev = await events.get()
+                ev = await next_event(events, request, job)
+                if ev is None:  # the client left: nobody to answer
+                    return JSONResponse({}, status_code=499)
                 if ev[0] == "error":
                     raise ev[1]
                 if ev[0] == "done":
@@ -166,7 +170,22 @@ def build_app(engine: Engine, library: ServedLibrary, settings: Settings) -> Fas
         return {**meta, "object": "chat.completion" if req.kind == "chat" else "text_completion",
                 "choices": [choice(req, i, r) for i, r in enumerate(results)], "usage": usage(results, req.n), **extra}
 
-    async def stream(req: GenRequest, job: Job, events: asyncio.Queue, meta: dict, extra: dict, done_log):
+    async def next_event(events: asyncio.Queue, request: Request, job: Job):
+        """The job's next event, or None once its client has gone (then its rows stop at the next step).
+
+        A departed client is otherwise noticed only when a send fails, and an answer with nothing to send yet
+        (a non-streamed one, or text still held back) would run to max_tokens for nobody.
+        """
+        while True:
+            try:
+                return await asyncio.wait_for(events.get(), timeout=DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancelled = True
+                    return None
+
+    async def stream(req: GenRequest, job: Job, events: asyncio.Queue, meta: dict, extra: dict, done_log,
+                     request: Request):
         obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
 
         def chunk(choices: list[dict], **more) -> str:
@@ -184,7 +203,9 @@ def build_app(engine: Engine, library: ServedLibrary, settings: Settings) -> Fas
                 yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
                               "logprobs": None} for i in range(len(job.rows))])
             while True:
-                ev = await events.get()
+                ev = await next_event(events, request, job)
+                if ev is None:
+                    return
                 if ev[0] == "delta":
                     yield chunk([delta(ev[1], ev[2])])
                 elif ev[0] == "done":

@@ -261,8 +261,7 @@ class HFEngine(Engine):
             job = self._queue.get()
             if job is None:
                 return None
-            if not job.cancelled:
-                self._pending.append(job)
+            self._pending.append(job)
         # Gather: keep taking arrivals while they come less than batch_wait_s apart and the head's batch has room
         # (capped, so a steady trickle of other steerings cannot hold the head back for long). A lone client pays
         # batch_wait_s per request for this; waiting only after batches of more than one row was tried and
@@ -289,6 +288,9 @@ class HFEngine(Engine):
                 self._queue.put(None)  # stop after this batch
                 break
             self._pending.append(job)
+        for job in self._pending:
+            if job.cancelled:
+                log.info("a client left (steer=%s) before its answer started", job.steering.label())
         self._pending = [j for j in self._pending if not j.cancelled]
         if not self._pending:
             return []
@@ -320,14 +322,17 @@ class HFEngine(Engine):
             err = APIError(f"generation failed ({type(e).__name__}: {e})", status=500, type="server_error",
                            code="generation_failed")
             for job in jobs:
-                job.sink(("error", err))
+                _deliver(job, ("error", err))
             return
         finally:
             self._busy_s += time.perf_counter() - t0
         self._batches += 1
         for job, res in zip(jobs, results, strict=True):
             self._rows_done += len(res)
-            job.sink(("done", res))
+            if job.cancelled:
+                log.info("a client left (steer=%s): its answer stopped after %d tokens", job.steering.label(),
+                         max(len(r.tokens) for r in job.rows))
+            _deliver(job, ("done", res))
         log.debug("batch %s: %d rows in %.2fs", head.steering.label(), sum(len(j.rows) for j in jobs),
                   time.perf_counter() - t0)
 
@@ -343,16 +348,15 @@ class HFEngine(Engine):
         if not sampling.greedy:
             # one seed per batch: a seeded request repeats its answer when it is batched the same way (e.g. alone)
             torch.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
-        limits = None
-        if any(r.stop or r.stream for r in rows) or len({r.max_tokens for r in rows}) > 1:
-            limits = StoppingCriteriaList([_RowLimits(self, rows, owner, emit)])
+        # always attached: a row whose client left must stop even when nothing else would end it early
+        limits = StoppingCriteriaList([_RowLimits(self, rows, owner, emit)])
         seqs = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                    generation_config=gen_cfg, stopping_criteria=limits)
         new = iter(seqs[:, width:].cpu().tolist())  # rows in the order they were stacked: job by job
         return [[self._finish(row, i, next(new), job) for i, row in enumerate(job.rows)] for job in jobs]
 
     def _emitter(self, job: Job, index: int) -> Callable[[str], None]:
-        return lambda text: job.sink(("delta", index, text))
+        return lambda text: _deliver(job, ("delta", index, text))
 
     def _finish(self, row: Row, index: int, new: list[int], job: Job) -> dict:
         """The row's answer exactly as `generate` computes it (cut at end-of-turn, decoded, stripped), then cut at
@@ -372,12 +376,21 @@ class HFEngine(Engine):
         if row.stream and not job.cancelled:
             if text.startswith(row.sent):
                 if len(text) > len(row.sent):
-                    job.sink(("delta", index, text[len(row.sent):]))
+                    _deliver(job, ("delta", index, text[len(row.sent):]))
             else:  # a tokenizer whose decode is not prefix-stable; the final text is authoritative
                 log.warning("streamed text diverged from the final answer (tokenizer decode is not prefix-stable)")
             row.sent = text
         return {"text": text, "finish_reason": "stop" if at_eos or cut >= 0 else "length",
                 "prompt_tokens": len(row.prompt), "completion_tokens": len(new) + at_eos}  # as `generate` counts
+
+
+def _deliver(job: Job, event: tuple) -> None:
+    """Hand an event to a job's waiter; a waiter that is gone (its event loop closed at shutdown) must not stop the
+    worker, which serves everyone else."""
+    try:
+        job.sink(event)
+    except RuntimeError:
+        job.cancelled = True
 
 
 def make_engine(backend: str, model, tokenizer, **settings) -> Engine:
