@@ -18,17 +18,9 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF
+from wsteer.control_vector import CONTROL_FORMAT, control_vector_data, export_control_vector
 from wsteer.errors import WsteerError
-from wsteer.export_gguf import (
-    CONTROL_FORMAT,
-    LORA_FORMAT,
-    control_vector_data,
-    export_control_vector,
-    export_gguf_lora,
-    permute_rows,
-    read_base_gguf,
-    read_gguf_lora,
-)
+from wsteer.export_gguf import LORA_FORMAT, export_gguf_lora, permute_rows, read_base_gguf, read_gguf_lora
 from wsteer.vectors import DenseVector, WeightVector
 
 SMOLLM = CONF / "model" / "smollm2_135m.yaml"
@@ -328,7 +320,7 @@ def _hf_greedy(model, prompt_ids: list[int], n: int = N_NEW) -> list[int]:
 
 
 def _prompts(tok, n: int = 20) -> list[list[int]]:
-    from wsteer.generation import render_prompt
+    from wsteer.chat import render_prompt
 
     questions = OmegaConf.load(CONF / "behavior" / "sycophancy.yaml").heldout_questions
     return [render_prompt(tok, [{"role": "user", "content": q}]) for q in questions[:n]]
@@ -446,7 +438,7 @@ def train_ctx(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_w(train_ctx):
     """The default sycophancy w (python train.py behavior=sycophancy), built once and then reused from the cache."""
-    from wsteer.recipes.train import ensure_artifacts
+    from wsteer.training.build import ensure_artifacts
 
     return ensure_artifacts(train_ctx, "lora")[0]["contrastive"]
 
@@ -454,7 +446,7 @@ def trained_w(train_ctx):
 @pytest.fixture(scope="module")
 def trained_a(train_ctx):
     """The sycophancy activation vector (train.py source=activation) and the behavior's activation layer."""
-    from wsteer.recipes.train import ensure_artifacts
+    from wsteer.training.build import ensure_artifacts
 
     return ensure_artifacts(train_ctx, "activation")[0]["activation"], int(train_ctx.cfg.activation_layer)
 
@@ -555,7 +547,7 @@ def test_llama_cpp_control_vector_agrees_with_activation_steering_at_every_posit
                                                                                    trained_a, base_runs, tmp_path):
     """k·aˡ at k = −2: llama.cpp's control vector against `ActivationSteerer(positions="all")` (like for like), and
     how far wsteer's default last-position mode is from it."""
-    from wsteer.export_gguf import apply_control_vector
+    from wsteer.control_vector import apply_control_vector
     from wsteer.steering.activation import ActivationSteerer
 
     (act, layer), model = trained_a, train_ctx.model

@@ -1,4 +1,4 @@
-"""GGUF exports for llama.cpp and Ollama: w as a LoRA adapter, an activation vector as a control vector.
+"""GGUF export of a weight vector for llama.cpp and Ollama: w as a llama.cpp LoRA adapter.
 
 **Weight vector → GGUF LoRA adapter.** A contrastive vector w = [s·B⁺, −s·B⁻] @ [A⁺; A⁻] is exactly a rank-2r
 LoRA update (paper §1), so llama.cpp serves it as an ordinary adapter and computes θ + k·w with the scale given at
@@ -23,19 +23,11 @@ touched. Which architectures are permuted is a table below; when the HF model is
 checked on the weights themselves (the embedded SmolLM2 GGUF is permuted: its attn_q/attn_k equal the permuted
 HF weights bit for bit).
 
-**Activation vector → llama.cpp control vector.** llama.cpp adds `direction.<il>` to the residual stream after
-block il (0-based) at every position (`build_cvec` after each block in src/models/*.cpp;
-`llama_adapter_cvec::apply_to`); `common_control_vector_load` reads F32 1-D tensors `direction.N`, N ≥ 1 (there
-is never a vector after block 0). wsteer's aˡ is the residual after block l − 1 (l = 0 is the embeddings), so aˡ
-is written as `direction.{l − 1}`: the same convention as repeng's export (its layer i is `hidden_states[i + 1]`).
-Note the positions: wsteer's `activation` method adds k·aˡ at the last position of each forward pass (the
-persona-vectors recipe); llama.cpp adds it at every position, prompt included. `ActivationSteerer(positions="all")`
-is the like-for-like HF counterpart.
+Activation vectors export as llama.cpp control vectors: `wsteer.control_vector`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import time
@@ -48,10 +40,9 @@ import torch
 from wsteer.artifacts import atomic_path, git_commit
 from wsteer.errors import WsteerError
 from wsteer.steering.k import check_k
-from wsteer.vectors import DenseVector, WeightVector
+from wsteer.vectors import DenseVector, WeightVector, load_vector
 
 LORA_FORMAT = "wsteer.gguf_lora/1"
-CONTROL_FORMAT = "wsteer.gguf_control_vector/1"
 
 # Architectures whose llama.cpp conversion permutes the rows of q_proj/k_proj (LlamaModel.undo_permute = True in
 # llama.cpp's conversion/llama.py; its subclasses with undo_permute = False load Meta-layout weights, which we do
@@ -229,7 +220,7 @@ def export_gguf_lora(
 
     Args:
         vector: a `WeightVector` (contrastive w, τ±, or a composition); an activation or bias vector is refused
-            (export activation vectors with `export_control_vector`).
+            (export activation vectors with `wsteer.control_vector.export_control_vector`).
         path: the .gguf file to write (atomically: a crash leaves no partial file).
         base_gguf: the base model's GGUF, the file llama.cpp loads with `-m`: gives the architecture, head
             counts and tensor names, and every edited tensor's shape is checked against it.
@@ -247,7 +238,8 @@ def export_gguf_lora(
 
     if isinstance(vector, DenseVector):
         made = vector.manifest.get("method", "dense")
-        fix = ("export it with export_control_vector (a llama.cpp control vector)" if made == "activation" else
+        fix = ("export it as a llama.cpp control vector (wsteer.control_vector.export_control_vector)"
+               if made == "activation" else
                "llama.cpp has no adapter form for MLP bias deltas; export a LoRA weight vector (train.py source=lora)")
         raise WsteerError(f"a {made!r} vector is not a weight vector and has no GGUF LoRA form; {fix}")
     if not isinstance(vector, WeightVector) or not vector.factors:
@@ -334,124 +326,6 @@ def read_gguf_lora(path: str | Path, base_gguf: str | Path | None = None, permut
     return out, meta
 
 
-def export_control_vector(
-    vector: DenseVector,
-    path: str | Path,
-    *,
-    layer: int | None = None,
-    k: float = 1.0,
-    model_hint: str = "llama",
-) -> Path:
-    """Write k·aˡ as a llama.cpp control vector (`--control-vector-scaled path:s` scales it again by s).
-
-    Args:
-        vector: an activation vector (train.py source=activation; tensors "0".."L", aˡ after block l − 1).
-        path: the .gguf file to write (atomically).
-        layer: wsteer's layer l (1..L, as `activation_layer`/`ActivationSteerer.layer`); default: the middle layer,
-            as `ActivationSteerer` picks. Layer 1 (after the first block) cannot be exported: llama.cpp never adds
-            a control vector there.
-        k: strength baked into the direction (default 1: choose it with `--control-vector-scaled`).
-        model_hint: `controlvector.model_hint` (repeng writes the HF model_type; llama.cpp does not read it).
-
-    Returns:
-        `path`, holding one F32 tensor `direction.{layer − 1}`.
-    """
-    import gguf
-
-    if isinstance(vector, WeightVector):
-        raise WsteerError("a weight vector has no control-vector form (it edits weights, not activations); "
-                          "export it with export_gguf_lora")
-    if not isinstance(vector, DenseVector) or vector.manifest.get("method") not in ("activation", None):
-        made = vector.manifest.get("method") if isinstance(vector, DenseVector) else type(vector).__name__
-        raise WsteerError(f"a {made!r} artifact is not an activation vector; build one with "
-                          "`python train.py source=activation`")
-    k = check_k(k)
-    try:
-        a = torch.stack([vector.tensors[str(i)] for i in range(len(vector.tensors))]).float()
-    except KeyError as e:
-        raise WsteerError(f"the activation vector lacks layer {e}; rebuild it with train.py source=activation") from e
-    n_layers = a.shape[0] - 1
-    layer = n_layers // 2 if layer is None else int(layer)
-    if layer == 1:
-        raise WsteerError("layer 1 (the residual after the first block) cannot be exported: llama.cpp never adds a "
-                          "control vector after block 0 (direction.0 is rejected); choose layer ≥ 2")
-    if not 2 <= layer <= n_layers:
-        raise WsteerError(f"layer={layer} is out of range: this vector has layers 1..{n_layers}")
-    direction = (k * a[layer]).numpy().astype(np.float32)
-    manifest = {"format": CONTROL_FORMAT, "k": k, "layer": layer, "direction": f"direction.{layer - 1}",
-                "positions": "all (llama.cpp adds a control vector at every position)",
-                "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
-                "vector": vector.manifest}
-    with atomic_path(path, suffix=".gguf") as tmp:
-        writer = gguf.GGUFWriter(str(tmp), "controlvector")
-        writer.add_string("controlvector.model_hint", model_hint)
-        writer.add_uint32("controlvector.layer_count", 1)
-        writer.add_string("wsteer.format", CONTROL_FORMAT)
-        writer.add_string("wsteer.manifest", json.dumps(manifest, sort_keys=True, default=str))
-        writer.add_tensor(f"direction.{layer - 1}", direction)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-    return Path(path)
-
-
-def control_vector_data(path: str | Path, strength: float = 1.0) -> tuple[int, np.ndarray]:
-    """`(n_embd, data)` for `llama_set_adapter_cvec`, read as llama.cpp's `common_control_vector_load` reads it.
-
-    The same rules: tensors `direction.N` with N ≥ 1, F32, 1-D, one size; `data` is laid out per block from block
-    1 (block 0 never gets a vector), missing blocks zero, every value times `strength`.
-    """
-    from gguf import GGMLQuantizationType, GGUFReader
-
-    path = Path(path)
-    if not path.is_file():
-        raise WsteerError(f"control vector {path} does not exist; write it with export_control_vector")
-    reader = GGUFReader(path)
-    n_embd, rows = None, {}
-    for t in reader.tensors:
-        head, _, idx = t.name.partition(".")
-        if head != "direction" or not idx.isdigit() or int(idx) == 0:
-            raise WsteerError(f"{path}: tensor {t.name!r} is not a valid direction.N (N ≥ 1) tensor")
-        if t.tensor_type != GGMLQuantizationType.F32 or len(t.shape) != 1:
-            raise WsteerError(f"{path}: {t.name} must be a 1-D F32 tensor for llama.cpp")
-        if n_embd is not None and int(t.shape[0]) != n_embd:
-            raise WsteerError(f"{path}: direction tensors differ in size")
-        n_embd = int(t.shape[0])
-        rows[int(idx)] = np.array(t.data, dtype=np.float32)
-    if n_embd is None:
-        raise WsteerError(f"{path} holds no direction tensors")
-    data = np.zeros((max(rows), n_embd), dtype=np.float32)
-    for il, row in rows.items():
-        data[il - 1] += row * strength
-    return n_embd, data.reshape(-1)
-
-
-def apply_control_vector(llm, path: str | Path | None, strength: float = 1.0,
-                         layer_start: int = 1, layer_end: int | None = None) -> None:
-    """Set (or with `path=None`, clear) a GGUF control vector on a llama-cpp-python `Llama`.
-
-    llama-cpp-python exposes only the low-level `llama_set_adapter_cvec`, not llama.cpp's file loader; this reads the
-    file with `control_vector_data` and applies it to blocks layer_start..layer_end (inclusive; llama.cpp's CLI
-    defaults 1..n_layer), as `--control-vector-scaled path:strength` does. The KV cache is dropped (`llm.reset()`):
-    cached keys and values were computed without the vector.
-    """
-    import llama_cpp
-
-    if path is None:
-        rc = llama_cpp.llama_set_adapter_cvec(llm.ctx, None, 0, 0, -1, -1)
-    else:
-        n_embd, data = control_vector_data(path, check_k(strength))
-        layer_end = llama_cpp.llama_model_n_layer(llm.model) if layer_end is None else layer_end
-        buf = (ctypes.c_float * data.size).from_buffer_copy(np.ascontiguousarray(data).tobytes())
-        rc = llama_cpp.llama_set_adapter_cvec(llm.ctx, buf, data.size, n_embd, layer_start, layer_end)
-    if rc != 0:
-        raise WsteerError(f"llama.cpp refused the control vector {path} (its size does not match the model's "
-                          "n_embd?): wrong base model")
-    llm.reset()
-
-
-
 def default_base_gguf(manifest: dict) -> Path:
     """The GGUF a vector's base model was loaded from, when that is one of wsteer's GGUF model configs."""
     from omegaconf import OmegaConf
@@ -465,18 +339,6 @@ def default_base_gguf(manifest: dict) -> Path:
         raise WsteerError(f"the vector's base model ({manifest.get('base_model')!r}) was not loaded from a GGUF; "
                           "convert it with llama.cpp's convert_hf_to_gguf.py and pass --base FILE.gguf")
     return gguf_path(OmegaConf.load(cfg_path))
-
-
-def _load_vector(path: Path) -> WeightVector | DenseVector:
-    """A saved vector of either kind, told apart by the format in its safetensors header."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            fmt = (f.metadata() or {}).get("format")
-    except Exception:  # noqa: BLE001 - missing or corrupt: the loader below gives the clear message
-        fmt = None
-    return DenseVector.load(path) if fmt == DenseVector.FORMAT else WeightVector.load(path)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -493,8 +355,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--layer", type=int, help="activation vectors: wsteer's layer l (default: the middle layer)")
     parser.add_argument("--f16", action="store_true", help="LoRA factors in F16 (half the size)")
     args = parser.parse_args(argv)
-    vector = _load_vector(Path(args.vector))
+    vector = load_vector(Path(args.vector))
     if isinstance(vector, DenseVector):
+        from wsteer.control_vector import export_control_vector
+
         out = export_control_vector(vector, args.out, layer=args.layer, k=args.k)
     else:
         base = args.base or default_base_gguf(vector.manifest)

@@ -10,7 +10,7 @@ example is first averaged over its *response* tokens only, collected with the el
 
 `positions="all"` (opt-in; the default stays "last") adds the shift at every position instead, prompt included:
 what llama.cpp's control vectors do (`llama_adapter_cvec::apply_to` adds to the whole residual tensor), so an
-exported control vector (`wsteer.export_gguf.export_control_vector`) can be compared like for like.
+exported control vector (`wsteer.control_vector.export_control_vector`) can be compared like for like.
 
 Collection runs as a LightningModule through `Trainer.test`, with the means as torchmetrics states, so it
 runs unchanged on CPU, one GPU, or data-parallel on several with correct reduction.
