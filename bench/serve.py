@@ -59,7 +59,7 @@ def start_server(model, tok, cache: Path, arch: str, fp: str, max_batch_rows: in
     from wsteer.serving.vectors import ServedLibrary
 
     engine = HFEngine(model, tok, max_batch_rows=max_batch_rows, batch_wait_s=batch_wait_ms / 1000)
-    app = build_app(engine, ServedLibrary(cache, model, fp, arch), Settings(model_id=arch, fingerprint=fp))
+    app = build_app(engine, ServedLibrary(cache, model, fp, arch), Settings(model_id=arch, fingerprint=fp, max_rows=max_batch_rows))
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     engine.start()

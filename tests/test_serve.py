@@ -305,6 +305,7 @@ BAD = [
     ("temperature out of range", {"model": "tiny", "temperature": 7}, "invalid_value", "temperature"),
     ("logprobs", {"model": "tiny", "logprobs": True}, "unsupported_field", "logprobs"),
     ("context too long", {"model": "tiny", "max_tokens": 5000}, "context_length_exceeded", "context length"),
+    ("n too large", {"model": "tiny", "n": 17}, "invalid_value", '"n" must be between 1 and 16'),
 ]
 
 
@@ -323,6 +324,13 @@ def test_each_bad_request_gets_a_400_and_the_next_good_request_succeeds(server, 
     assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
     assert err["code"] == code and words in err["message"], err
     assert ask(server.client(), QUESTIONS[0], model="sycophancy@-2", max_tokens=4) is not None
+
+
+@pytest.mark.reliability
+def test_a_completions_request_asking_for_more_answers_than_a_batch_holds_is_refused(server):
+    with pytest.raises(openai.BadRequestError, match=r"9 prompt\(s\) × n=4 is 36 answers"):
+        server.client().completions.create(model="tiny", prompt=["a"] * 9, n=4, max_tokens=2)
+    assert server.client().completions.create(model="tiny", prompt=["a"] * 8, n=4, max_tokens=2).choices[31]
 
 
 def test_models_lists_the_base_and_the_library_vectors_with_their_manifests(server, built):

@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> dict:
                          batch_wait_s=cfg.batch_wait_ms / 1000)
     settings = Settings(model_id=str(cfg.served_model_name), fingerprint=ctx.fingerprint,
                         aliases=frozenset({str(cfg.model.name), str(cfg.model.path)}), api_key=api_key,
-                        default_max_tokens=cfg.default_max_tokens, max_n=cfg.max_n,
+                        default_max_tokens=cfg.default_max_tokens, max_n=cfg.max_n, max_rows=cfg.max_batch_rows,
                         default_temperature=float(cfg.default_temperature))
     app = build_app(engine, library, settings)
     sock = bind(cfg.host, cfg.port)

@@ -40,6 +40,7 @@ class Settings:
     api_key: str | None = None  # from the environment; compared, never logged or echoed
     default_max_tokens: int = 256
     max_n: int = 16
+    max_rows: int = 32  # answers per request (prompts × n): one request is one batch, never split
     default_temperature: float = 1.0  # OpenAI's default; send temperature=0 for greedy answers
 
 
@@ -113,6 +114,10 @@ def build_app(engine: Engine, library: ServedLibrary, settings: Settings) -> Fas
 
     def prepare_rows(req: GenRequest) -> list[Row]:
         """Tokenize every prompt and size each row (runs in a thread: tokenizing is CPU work)."""
+        if len(req.prompts) * req.n > settings.max_rows:
+            raise APIError(f"{len(req.prompts)} prompt(s) × n={req.n} is {len(req.prompts) * req.n} answers; one "
+                           f"request may ask for at most {settings.max_rows} (send several requests)",
+                           param="prompt", code="invalid_value")
         encode = engine.encode_chat if req.kind == "chat" else engine.encode_text
         ctx, rows = engine.context_length, []
         for prompt in req.prompts:

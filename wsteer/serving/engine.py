@@ -262,10 +262,10 @@ class HFEngine(Engine):
             if job is None:
                 return None
             self._pending.append(job)
-        # Gather: keep taking arrivals while they come less than batch_wait_s apart and the head's batch has room
-        # (capped, so a steady trickle of other steerings cannot hold the head back for long). A lone client pays
-        # batch_wait_s per request for this; waiting only after batches of more than one row was tried and
-        # halved the batch sizes of 8 and 32 concurrent clients (bench/serve.py on the tiny model).
+        # Gather: keep taking arrivals while they come less than batch_wait_s apart and the head's batch has room,
+        # for at most 20 × batch_wait_s (so a steady trickle cannot hold the head back for long). The cap matters:
+        # 32 clients whose answers came back together resend over ~50-150 ms on a busy 2-core machine, and a
+        # 5× cap cut those batches to half (bench/serve.py). A lone client pays batch_wait_s per request.
         while True:  # whatever has already arrived joins at once
             try:
                 job = self._queue.get_nowait()
@@ -275,7 +275,7 @@ class HFEngine(Engine):
                 self._queue.put(None)
                 break
             self._pending.append(job)
-        give_up = time.monotonic() + 5 * self.batch_wait_s
+        give_up = time.monotonic() + 20 * self.batch_wait_s
         while self._rows_waiting(self._pending[0].key()) < self.max_batch_rows:
             timeout = min(self.batch_wait_s, give_up - time.monotonic())
             if timeout <= 0:

@@ -100,8 +100,7 @@ class ServedLibrary:
                        f"(a new one is a conf/behavior/<name>.yaml, then `{self.train_command(behavior)}`)",
                        param="steer", code="unknown_behavior")
 
-    def _vector(self, behavior: str, method: str) -> WeightVector:
-        row = self._find(behavior, ARTIFACT[method])
+    def _vector(self, row: dict, behavior: str, method: str) -> WeightVector:
         key = (row["path"], method)
         if key not in self._vectors:
             try:
@@ -123,13 +122,17 @@ class ServedLibrary:
         if steering.is_base:
             return None, 0.0
         single = len(steering.parts) == 1
-        # one behavior: one steerer serves every k (k is given at apply time); several: the ks are in the vector
-        key = (steering.method, steering.parts[0][0]) if single else steering
         with self._lock:
+            # which file serves each behavior is looked up every time (from the cached listing), so a vector
+            # rebuilt while the server runs is used from the next listing refresh on
+            rows = {name: self._find(name, ARTIFACT[steering.method]) for name, _ in steering.parts}
+            files = tuple(rows[name]["path"] for name, _ in steering.parts)
+            # one behavior: one steerer serves every k (k is given at apply time); several: the ks are in the vector
+            key = (steering.method, files) if single else (steering, files)
             if key in self._steerers:
                 self._steerers.move_to_end(key)
             else:
-                vectors = {name: self._vector(name, steering.method) for name, _ in steering.parts}
+                vectors = {name: self._vector(rows[name], name, steering.method) for name, _ in steering.parts}
                 if single:
                     steerer = WeightSteerer(next(iter(vectors.values())), name=steering.method)
                 else:
