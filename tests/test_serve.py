@@ -245,6 +245,7 @@ def test_streaming_yields_the_same_text_as_a_plain_request(server):
     assert "".join(c.choices[0].text for c in streamed) == full[: full.index(stop)]
 
 
+@pytest.mark.reliability
 def test_a_streaming_client_that_leaves_mid_answer_stops_its_row_and_the_server_goes_on(server):
     import http.client
 
@@ -347,6 +348,7 @@ def test_models_lists_the_base_and_the_library_vectors_with_their_manifests(serv
     assert [o["behavior"] for o in other] == ["french"] and "python train.py behavior=french" in other[0]["why_not"]
 
 
+@pytest.mark.reliability
 def test_the_api_key_is_required_and_never_logged(server):
     with pytest.raises(openai.AuthenticationError) as info:
         ask(server.client(key="wrong"), QUESTIONS[0])
@@ -362,6 +364,7 @@ def test_the_api_key_is_required_and_never_logged(server):
         assert not f.is_file() or KEY not in f.read_text(errors="replace"), f
 
 
+@pytest.mark.reliability
 def test_bad_settings_are_refused_before_the_model_loads(tmp_path):
     from wsteer.errors import WsteerError
     from wsteer.recipes import serve as serve_recipe
