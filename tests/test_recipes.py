@@ -27,7 +27,7 @@ def test_paired_training_lowers_validation_loss_of_both_adapters(smoke_cfg):
 
 def test_steer_end_to_end_writes_report_and_wandb_run_then_reuses_the_vector(smoke_cfg, tmp_path, capsys):
     # The random tiny model mostly answers with an empty string; k = -20 moves it visibly (the real model: k = -2).
-    cfg = smoke_cfg("steer", ["logger=wandb", "k=-20"])
+    cfg = smoke_cfg("steer", ["logger=wandb", f"logger.dir={tmp_path}", "k=-20"])
     metrics = steer_recipe.run(cfg)
     report = (Path(cfg.output_dir) / "report.md").read_text()
     assert "| k = 0 | k = -20 |" in report
