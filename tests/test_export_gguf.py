@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -576,3 +577,16 @@ def test_llama_cpp_control_vector_agrees_with_activation_steering_at_every_posit
     assert report["k_changes_hf_answers"] >= 5
     assert report[f"f32_vs_hf_k={k:g}"] >= 18
     assert report[f"q4_token_agreement_k={k:g}"] >= report["q4_token_agreement_k=0"] - 0.02
+
+
+def test_steer_export_gguf_writes_a_control_vector_and_refuses_a_lora_without_a_base_gguf(smoke_cfg):
+    import gguf
+
+    from wsteer.recipes import steer as steer_recipe
+
+    cfg = smoke_cfg("steer", ["method=activation", "activation_layer=2", "export_gguf=true", "k=-2"])  # layer 1 has no llama.cpp slot
+    steer_recipe.run(cfg)
+    reader = gguf.GGUFReader(str(Path(cfg.output_dir) / "control_vector.gguf"))
+    assert [t.name for t in reader.tensors] and all(t.name.startswith("direction.") for t in reader.tensors)
+    with pytest.raises(WsteerError, match="export_gguf=true needs base_gguf=FILE.gguf for model=tiny"):
+        steer_recipe.run(smoke_cfg("steer", ["export_gguf=true", "k=-2"]))

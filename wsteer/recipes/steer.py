@@ -145,6 +145,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return run_composition(cfg)
     ks = parse_ks(cfg.k)  # fail on a bad k before loading anything
     build_evaluators(cfg)  # a typo in an evaluator's settings fails here, not after training
+    if cfg.get("export_gguf") and cfg.method.name not in ("activation", "weight", "task_vector_pos", "task_vector_neg"):
+        raise WsteerError(f"export_gguf=true writes a weight vector as a GGUF LoRA or a single-layer activation vector "
+                          f"as a control vector; method={cfg.method.name} is neither")
+    if (cfg.get("export_gguf") and cfg.method.name != "activation" and not cfg.get("base_gguf")
+            and cfg.model.get("source") != "gguf"):
+        raise WsteerError(f"export_gguf=true needs base_gguf=FILE.gguf for model={cfg.model.name} (convert it with "
+                          "llama.cpp's convert_hf_to_gguf.py); the embedded default model needs none")
     if (cfg.save_model or cfg.export_adapter) and cfg.method.source != "lora":
         raise WsteerError(f"save_model/export_adapter need a weight-vector method (weight, task_vector_pos/neg); "
                           f"method={cfg.method.name} steers otherwise, which a saved model or LoRA cannot hold")
@@ -194,6 +201,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                     if cfg.export_adapter:
                         export_peft_adapter(steerer.vector, k, ctx.out_dir / f"adapter_k={k:g}", cfg.model.path,
                                             model=ctx.model)
+        if cfg.get("export_gguf"):
+            with ctx.timed("export"):
+                export_gguf(ctx, steerer, ks)
         ctx.timings["total"] = time.perf_counter() - t_start
         write_json(ctx.out_dir / "timings.json", ctx.timings)
         write_json(ctx.out_dir / "metrics.json", flat)
@@ -210,6 +220,27 @@ def run(cfg: DictConfig) -> dict[str, float]:
     finally:
         if wb is not None:
             wb.finish()
+
+
+def export_gguf(ctx: Context, steerer, ks: list[float]) -> None:
+    """`export_gguf=true`: w as a llama.cpp GGUF LoRA adapter (k chosen at run time, plus one file per k with k baked
+    in, for Ollama's scale-less ADAPTER), or the activation vector as a llama.cpp control vector (docs/gguf.md)."""
+    from wsteer.control_vector import export_control_vector
+    from wsteer.export_gguf import export_gguf_lora
+    from wsteer.models import gguf_path
+
+    cfg = ctx.cfg
+    if ctx.ft_fingerprint:
+        raise WsteerError("export_gguf=true writes w for the base model's GGUF, not for θ_ft; drop base_adapter=")
+    if cfg.method.name == "activation":
+        export_control_vector(steerer.vector, ctx.out_dir / "control_vector.gguf", layer=steerer.layer)
+        print(f"wsteer: control vector written to {ctx.out_dir / 'control_vector.gguf'}")
+        return
+    base = cfg.get("base_gguf") or gguf_path(cfg.model)  # checked in run(): a gguf model or base_gguf=
+    export_gguf_lora(steerer.vector, ctx.out_dir / "vector.gguf", base, model=ctx.model)
+    for k in (k for k in ks if k != 0):
+        export_gguf_lora(steerer.vector, ctx.out_dir / f"vector_k={k:g}.gguf", base, k=k, model=ctx.model)
+    print(f"wsteer: GGUF LoRA written to {ctx.out_dir / 'vector.gguf'} (llama-server --lora-scaled vector.gguf:<k>)")
 
 
 def run_composition(cfg: DictConfig) -> dict[str, float]:
