@@ -35,11 +35,25 @@ def test_bisection_finds_the_budget_boundary_and_chooses_the_largest_admissible_
     budget = Budget(0.05, "point")
     calls: list[float] = []
     trials = bisect_k(_curve(0.03, 0.1, budget, calls=calls), sign=-1, k_max=8, steps=6)
-    assert calls == [-8, -4, -2, -1, -1.5, -1.75, -1.625]  # k_max first, then halving the bracket
+    # k_max first, then halving the bracket, then one point k_max/2^j below the largest admissible |k|
+    assert calls == [-8, -4, -2, -1, -1.5, -1.75, -1.625, -0.5]
     best = choose(trials, "max")
     boundary = 0.05 / 0.03  # |k| = 1.667 costs exactly the budget
     assert best.k == -1.625 and abs(best.k) <= boundary < abs(best.k) + 8 / 2**6
     assert budget.admits(best.capability)
+
+
+def test_an_inner_point_wins_when_the_behavior_peaks_below_the_budget_edge():
+    budget = Budget(0.05, "point")
+
+    def evaluate(k: float) -> Trial:  # capability falls with |k|; the behavior peaks at |k| = 2, then fades
+        cap = _est(-0.01 * abs(k))
+        return Trial(k, None, _est(0.1 * abs(k) * (abs(k) <= 2) + 0.05 * (abs(k) > 2)), cap, budget.admits(cap))
+
+    trials = bisect_k(evaluate, sign=-1, k_max=8, steps=2)
+    assert [t.k for t in trials] == [-8, -4, -6, -2]  # the edge of the budget is |k| = 5; then the inner point
+    assert choose(trials, "max").k == -2
+    assert [t.k for t in bisect_k(evaluate, sign=-1, k_max=8, steps=2, inner=0)] == [-8, -4, -6]
 
 
 def test_an_admissible_k_max_ends_the_search_at_once():
@@ -106,7 +120,8 @@ def test_search_end_to_end_on_the_tiny_model_chooses_a_k_within_budget(smoke_cfg
     out = Path(cfg.output_dir)
     record = json.loads((out / "search.json").read_text())
     trials = record["trials"]
-    assert [t["k"] for t in trials] [:2] == [80, 40] and len(trials) == 4  # k_max first, then 3 bisection steps
+    # k_max first, then 3 bisection steps, then the inner point k_max/4
+    assert [t["k"] for t in trials][:2] == [80, 40] and len(trials) == 5 and trials[-1]["k"] == 20
     chosen = record["chosen"]["k"]
     assert result["search/k"] == chosen and 0 < chosen < 80
     row = next(t for t in trials if t["k"] == chosen)

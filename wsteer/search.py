@@ -72,15 +72,19 @@ class Trial:
         return self.behavior.value if goal == "max" else -self.behavior.value
 
 
-def bisect_k(evaluate: Callable[[float], Trial], sign: int, k_max: float, steps: int) -> list[Trial]:
+def bisect_k(evaluate: Callable[[float], Trial], sign: int, k_max: float, steps: int, inner: int = 1) -> list[Trial]:
     """Trials along sign·|k|: k_max first (if the budget admits it, larger |k| is not searched), then `steps`
-    bisection steps between the largest admissible and the smallest inadmissible |k| (k = 0 is admissible)."""
+    bisection steps between the largest admissible and the smallest inadmissible |k| (k = 0 is admissible), then
+    `inner` points k_max/2^j below the largest admissible |k|: the behavior need not move most at the edge of the
+    budget (on SmolLM2-135M non-sycophancy peaks near |k| = 2 and falls back by |k| = 8)."""
     if sign not in (-1, 1):
         raise WsteerError(f"search.sign={sign!r} must be -1 (remove the behavior, k < 0) or 1 (add it, k > 0)")
     if not (math.isfinite(k_max) and k_max > 0):
         raise WsteerError(f"search.k_max={k_max!r} must be a finite number > 0 (e.g. search.k_max=8)")
     if not (isinstance(steps, int) and steps >= 0):
         raise WsteerError(f"search.steps={steps!r} must be a non-negative integer (e.g. search.steps=4)")
+    if not (isinstance(inner, int) and inner >= 0):
+        raise WsteerError(f"search.inner={inner!r} must be a non-negative integer (e.g. search.inner=1)")
     trials = [evaluate(sign * float(k_max))]
     if trials[0].admissible:
         return trials
@@ -90,6 +94,10 @@ def bisect_k(evaluate: Callable[[float], Trial], sign: int, k_max: float, steps:
         trial = evaluate(sign * mid)
         trials.append(trial)
         lo, hi = (mid, hi) if trial.admissible else (lo, mid)
+    tried = {abs(t.k) for t in trials}
+    below = [k_max / 2 ** j for j in range(1, 64) if k_max / 2 ** j < lo]
+    for k in [k for k in below if k not in tried][:max(0, inner)]:
+        trials.append(evaluate(sign * k))
     return trials
 
 

@@ -38,6 +38,7 @@ class Settings:
     budget: Budget
     k_max: float
     steps: int
+    inner: int
     layers: object  # None (the configured layer) | "all" | a list
     val_items: int
     test_items: int | None
@@ -63,7 +64,7 @@ def settings(cfg: DictConfig) -> Settings:
             raise WsteerError(f"search.{key}={v!r} must be a positive integer (e.g. search.{key}=40)")
     budget = Budget(s.budget, s.rule, bool(s.higher_is_better))
     out = Settings(metrics["behavior"], metrics["capability"], s.goal, s.sign, budget, float(s.k_max), s.steps,
-                   s.get("layers"), s.val_items, s.get("test_items"))
+                   s.get("inner", 1), s.get("layers"), s.val_items, s.get("test_items"))
     selected = cfg.get("evaluator") or {}
     missing = [e for e in out.evaluators if e not in selected]
     if missing:
@@ -132,7 +133,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             for layer in layers:
                 if layer is not None:
                     steerer.layer = layer
-                trials += bisect_k(_trial_fn(ctx, steerer, val, s, judge, boot, layer), s.sign, s.k_max, s.steps)
+                trials += bisect_k(_trial_fn(ctx, steerer, val, s, judge, boot, layer), s.sign, s.k_max, s.steps,
+                                 s.inner)
         best = choose(trials, s.goal)
         if best is not None and best.layer is not None:
             steerer.layer = best.layer
