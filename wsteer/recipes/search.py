@@ -229,9 +229,9 @@ def plot(trials: list[Trial], best: Trial | None, s: Settings, path: Path, title
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     sign = -1 if s.budget.higher_is_better else 1
-    ax.axvspan(sign * s.budget.max_drop if sign < 0 else 0, 0 if sign < 0 else s.budget.max_drop,
-               color="tab:green", alpha=0.08, label=f"budget ({s.budget.rule})")
-    ax.axvline(sign * s.budget.max_drop, color="tab:green", ls="--", lw=1)
+    ax.axvline(sign * s.budget.max_drop, color="tab:red", ls="--", lw=1,
+               label=f"budget edge ({s.budget.rule}: {'interval' if s.budget.rule == 'interval' else 'estimate'} "
+                     "must stay on the grey side)")
     layers = list(dict.fromkeys(t.layer for t in trials))
     cmap = plt.get_cmap("viridis", max(len(layers), 2))
     for t in trials:
@@ -249,6 +249,10 @@ def plot(trials: list[Trial], best: Trial | None, s: Settings, path: Path, title
                    label="chosen")
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8)
+    lo, hi = ax.get_xlim()
+    edge = sign * s.budget.max_drop
+    ax.axvspan(*((edge, hi) if sign < 0 else (lo, edge)), color="grey", alpha=0.08)  # within budget
+    ax.set_xlim(lo, hi)
     ax.set_xlabel(f"Δ {s.capability} vs k = 0")
     ax.set_ylabel(f"Δ {s.behavior} vs k = 0")
     ax.set_title(f"Search on the validation split — {title}", fontsize=9)
