@@ -522,7 +522,9 @@ def test_an_unreadable_resume_checkpoint_is_discarded_and_training_starts_over(s
     cfg = smoke_cfg("train")
     train_recipe.run(cfg)
     folder = next((tmp_path / "cache" / "vectors").rglob("COMPLETE")).parent
-    ckpt = train_recipe.resume_checkpoint_path(cfg, folder)
+    from wsteer.training.build import resume_checkpoint_path
+
+    ckpt = resume_checkpoint_path(cfg, folder)
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     capsys.readouterr()
