@@ -145,7 +145,6 @@ class Evaluator(L.LightningModule):
         return {"evaluator": self.name, "version": self.version, "limit": self.limit, "seed": self.seed,
                 "sample": (f"stratified by {'+'.join(self.strata)}, seed {self.seed}" if self.limit or self.offset
                            else "all") + (f", after the first {self.offset}" if self.offset else ""),
-                "offset": self.offset,
                 "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
                 **({"dataset": self.dataset} if self.dataset else {})}
 

@@ -105,10 +105,10 @@ def _evaluate_all(ctx, evaluators, steerer, ks, judge, root: Path, model_id: str
                                     enable_progress_bar=True, inference_mode=True)
                 ev.bind(ctx.model, ctx.tokenizer, steerer=steerer, k=k, judge=judge, behavior=ctx.behavior)
                 items = ev.items()
-                # `limit` and `offset` only choose which of the (stable) item ids run, so it is not part of the key: a larger
-                # limit reuses every item a smaller one finished. The data's contents are: an edited question file
+                # `limit` (and `offset`, part of "sample") only choose which of the stable item ids run, so neither is
+                # in the key: a larger limit reuses every item a smaller one finished. The data's contents are: an edited question file
                 # with unchanged ids must not reuse the old answers.
-                settings = {n: v for n, v in ev.settings().items() if n not in ("limit", "offset", "sample")}
+                settings = {n: v for n, v in ev.settings().items() if n not in ("limit", "sample")}
                 key = stable_hash({"model": model_id, "steering": steering, "k": k, "data": ev.data_hash, **settings})
                 ev.store_folder = root / ev.name / key
                 done = ItemStore(root / ev.name / key).done  # what earlier (killed) runs finished

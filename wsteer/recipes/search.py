@@ -77,7 +77,8 @@ def split_evaluators(cfg: DictConfig, names: list[str], offset: int, limit: int 
     """The named evaluators on items [offset, offset + limit) of their stratified order (`eval.max_items` caps
     the limit, as everywhere: debug=smoke runs 4 items per split)."""
     cap = cfg.get("eval", {}).get("max_items")
-    limit = min(limit, cap) if (limit is not None and cap is not None) else (limit if cap is None else cap)
+    if cap is not None:
+        limit = cap if limit is None else min(limit, cap)
     out = []
     for name in names:
         ecfg = OmegaConf.create(OmegaConf.to_container(cfg.evaluator[name], resolve=True))  # unlocked copy
