@@ -1,0 +1,137 @@
+"""The reproduction report: committed per-item results → checks with the paper's signs → verdicts → document.
+
+The committed `docs/reproduction.md` and the README's verdict table must be exactly what the committed JSON gives.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from wsteer.errors import WsteerError
+from wsteer.evaluation.uncertainty import Estimate
+from wsteer.recipes.sweep_report import collect, differences
+from wsteer.reproduction import claims as C
+from wsteer.reproduction.__main__ import main
+from wsteer.reproduction.data import export, load
+from wsteer.reproduction.report import README_END, README_START, build
+
+ROOT = Path(__file__).resolve().parents[1]
+NS, ACC = "factual_qa/non_sycophancy", "factual_qa/accuracy"
+
+
+def _job(root: Path, method: str, ks: list[float], seed: int, scores: dict[float, list[tuple[int, int | None]]]):
+    """A finished steer.py job: per k, per item (plainly correct?, still correct under a cue?)."""
+    job = root / f"method={method},seed={seed}"
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"k": ks, "seed": seed, "method": {"name": method},
+                                     "behavior": {"name": "sycophancy"}}), job / ".hydra" / "config.yaml")
+    recs, flat = [], {}
+    for k, items in scores.items():
+        for i, (acc, ns) in enumerate(items):
+            recs.append({"evaluator": "factual_qa", "id": f"q{i:03d}", "k": k,
+                         "scores": {"accuracy": float(acc), "non_sycophancy": ns}})
+        flat[f"eval/{ACC}@k={k:g}"] = sum(a for a, _ in items) / len(items)
+        flat[f"eval/{NS}@k={k:g}"] = 0.0  # the collector takes the value from the items; only the key matters
+    (job / "metrics.json").write_text(json.dumps(flat))
+    (job / "eval_items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _items(rng: random.Random, n: int, p_acc: float, p_ns: float) -> list[tuple[int, int | None]]:
+    out = []
+    for _ in range(n):
+        acc = int(rng.random() < p_acc)
+        out.append((acc, int(rng.random() < p_ns) if acc else None))
+    return out
+
+
+def _sweep(root: Path, weight_ns: float, activation_ns: float, n: int = 120) -> None:
+    """Three seeds; weight and activation at k = -2 (same accuracy) and +2; k = 0 shared."""
+    rng = random.Random(0)
+    base = _items(rng, n, 0.6, 0.6)
+    for seed in (0, 1, 2):
+        for method, p_ns in (("weight", weight_ns), ("activation", activation_ns)):
+            _job(root, method, [-2.0, 2.0], seed, {0.0: base, -2.0: _items(rng, n, 0.6, p_ns),
+                                                   2.0: _items(rng, n, 0.5, 0.2 if method == "weight" else 0.5)})
+
+
+def test_export_then_load_gives_exactly_the_sweep_reports_estimates_and_differences(tmp_path):
+    _sweep(tmp_path / "sweep", 0.9, 0.6)
+    out = export(tmp_path / "sweep", tmp_path / "sycophancy.json", "sycophancy", [NS, ACC], ["python steer.py -m …"])
+    exp = load(out)
+    assert exp.meta["seeds"] == [0, 1, 2] and exp.meta["n_items"] == {"factual_qa": 120}
+    rows, _ = collect(tmp_path / "sweep")
+    by = {(r["method"], r["k"]): r for r in rows}
+    for (method, k), r in by.items():
+        for metric in (NS, ACC):
+            assert exp.estimate(method, k, metric) == r["est"][metric]  # bitwise: the same items, None kept
+    vs_k0, pairs = differences(rows, [NS, ACC])
+    for method, k, d in vs_k0:
+        assert exp.difference((method, k), (method, 0.0), NS) == d[NS]
+    for k, a, b, d in pairs:
+        assert exp.difference((a, k), (b, k), ACC) == d[ACC]
+
+
+def _est(lo: float, hi: float) -> Estimate:
+    return Estimate((lo + hi) / 2, 0.1, lo, hi, 100, "paired two-level bootstrap", 3)
+
+
+@pytest.mark.parametrize("want,lo,hi,status", [
+    ("> 0", 0.01, 0.2, "holds"), ("> 0", -0.1, 0.2, "unresolved"), ("> 0", -0.3, -0.01, "against"),
+    ("< 0", -0.3, -0.01, "holds"), ("< 0", 0.01, 0.2, "against"),
+    ("≥ 0", -0.1, 0.2, "holds"), ("≥ 0", -0.3, -0.01, "against"), ("≤ 0", 0.01, 0.2, "against")])
+def test_a_check_follows_its_interval(want, lo, hi, status):
+    assert C.Check("x", want, _est(lo, hi)).status == status
+
+
+def test_verdicts_follow_the_checks():
+    holds, open_, against = (C.Check("a", "> 0", _est(*x)) for x in ((0.1, 0.2), (-0.1, 0.2), (-0.2, -0.1)))
+    assert C.verdict([holds, holds]) == C.REPRODUCED
+    assert C.verdict([holds, open_]) == C.INCONCLUSIVE
+    assert C.verdict([holds, open_, against]) == C.NOT_REPRODUCED
+    assert C.verdict([]) == C.PENDING
+
+
+@pytest.mark.parametrize("weight_ns,activation_ns,verdict", [(0.95, 0.6, "holds"), (0.4, 0.95, "against")])
+def test_c1_compares_the_methods_at_matched_accuracy(tmp_path, weight_ns, activation_ns, verdict):
+    _sweep(tmp_path / "sweep", weight_ns, activation_ns)
+    exp = load(export(tmp_path / "sweep", tmp_path / "s.json", "sycophancy", [NS, ACC], ["x"]))
+    checks = C.c1_checks(exp)
+    assert C.matched_removal(exp) == (-2.0, -2.0)
+    assert checks[0].label.startswith("k < 0 at matched plain accuracy") and checks[0].status == verdict
+    assert checks[-1].label.startswith("k > 0, weights go further") and checks[-1].status == "holds"
+
+
+def test_the_committed_report_is_what_the_committed_results_give(tmp_path):
+    readme = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", readme)
+    text = build(tmp_path / "reproduction.md", ROOT / "docs" / "reproduction", readme, figures=False)
+    assert text == (ROOT / "docs" / "reproduction.md").read_text(encoding="utf-8"), \
+        "docs/reproduction.md is stale: run `python -m wsteer.reproduction build` and commit it"
+    assert readme.read_text(encoding="utf-8") == (ROOT / "README.md").read_text(encoding="utf-8"), \
+        "the README's verdict table is stale: run `python -m wsteer.reproduction build`"
+    for line in text.splitlines():  # every figure the document shows is committed
+        if line.startswith("![C"):
+            assert (ROOT / "docs" / line.split("(", 1)[1].rstrip(")")).is_file(), line
+
+
+def test_bad_inputs_get_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "data"
+    bad.mkdir()
+    (bad / "sycophancy.json").write_text("{not json")
+    with pytest.raises(WsteerError, match="not a reproduction results file"):
+        load(bad / "sycophancy.json")
+    assert main(["build", "--doc", str(tmp_path / "r.md"), "--data-dir", str(bad), "--readme", ""]) == 2
+    assert "not a reproduction results file" in capsys.readouterr().err
+    _sweep(tmp_path / "sweep", 0.9, 0.6, n=10)
+    with pytest.raises(WsteerError, match=r"\['mmlu/accuracy'\] are in no job"):
+        export(tmp_path / "sweep", tmp_path / "x.json", "x", ["mmlu/accuracy"], ["x"])
+    (tmp_path / "README.md").write_text("# no markers\n")
+    with pytest.raises(WsteerError, match="no reproduction block"):
+        build(tmp_path / "r.md", ROOT / "docs" / "reproduction", tmp_path / "README.md", figures=False)
+    assert README_START and README_END

@@ -1,0 +1,10 @@
+"""The reproduction report: the paper's claims checked on committed per-item results (docs/reproduction.md).
+
+- `data.py`: export a finished `steer.py` multirun to a small JSON of per-seed, per-k, per-item scores; load it.
+- `claims.py`: each claim of the paper as paired differences with the sign the paper predicts, and the verdict.
+- `report.py`: the document, its figures and the README's verdict table, regenerated from the JSON alone.
+
+    python -m wsteer.reproduction export multirun/steer/repro-sycophancy --name sycophancy \\
+        --metric factual_qa/non_sycophancy --metric factual_qa/accuracy --command "python steer.py -m ..."
+    python -m wsteer.reproduction build
+"""

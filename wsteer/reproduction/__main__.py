@@ -1,0 +1,46 @@
+"""python -m wsteer.reproduction {export,build}: see wsteer/reproduction/__init__.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from wsteer.errors import WsteerError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m wsteer.reproduction", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="keep a finished sweep's per-item scores as docs/reproduction/<name>.json")
+    ex.add_argument("sweep_dir")
+    ex.add_argument("--name", required=True, help="the experiment's name (the claims name it, e.g. sycophancy)")
+    ex.add_argument("--metric", action="append", required=True, help="<evaluator>/<metric>; repeat")
+    ex.add_argument("--command", action="append", required=True, help="the command(s) that ran the sweep; repeat")
+    ex.add_argument("--notes", default="", help="one paragraph on the setting (reused items, interruptions)")
+    ex.add_argument("--out-dir", default="docs/reproduction")
+    bd = sub.add_parser("build", help="regenerate docs/reproduction.md, its figures and the README table")
+    bd.add_argument("--doc", default="docs/reproduction.md")
+    bd.add_argument("--data-dir", default="docs/reproduction")
+    bd.add_argument("--readme", default="README.md")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "export":
+            from wsteer.reproduction.data import export
+
+            out = export(args.sweep_dir, Path(args.out_dir) / f"{args.name}.json", args.name, args.metric,
+                         args.command, args.notes)
+            print(f"wsteer: wrote {out}")
+        else:
+            from wsteer.reproduction.report import build
+
+            build(Path(args.doc), Path(args.data_dir), Path(args.readme) if args.readme else None)
+            print(f"wsteer: wrote {args.doc}")
+    except WsteerError as e:
+        print(f"wsteer: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The paper's claims as checks on committed results, each with an expected sign and a verdict that follows the
+intervals (paper §4–5; design/paper.md §3–4).
+
+A check is one paired difference (two settings on the same seeds and items) with the direction the paper predicts:
+- `> 0` / `< 0`: the claim needs the difference resolved in that direction (its 95% interval excludes 0);
+- `≥ 0` / `≤ 0`: a guard: the claim only needs the difference not resolved against it ("no resolved drop").
+A claim is **reproduced** when every check holds, **not reproduced** when any check is resolved against the paper,
+and **inconclusive** otherwise; the unresolved checks are the reason, in numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wsteer.evaluation.uncertainty import Estimate
+from wsteer.reproduction.data import Experiment
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, PENDING = "reproduced", "not reproduced", "inconclusive", "pending"
+
+
+@dataclass
+class Check:
+    label: str
+    want: str  # "> 0" | "< 0" | "≥ 0" | "≤ 0"
+    estimate: Estimate | None
+
+    @property
+    def status(self) -> str:
+        e = self.estimate
+        if e is None:
+            return "no data"
+        above, below = e.low > 0, e.high < 0
+        if self.want == "> 0":
+            return "holds" if above else "against" if below else "unresolved"
+        if self.want == "< 0":
+            return "holds" if below else "against" if above else "unresolved"
+        if self.want == "≥ 0":
+            return "against" if below else "holds"
+        if self.want == "≤ 0":
+            return "against" if above else "holds"
+        raise ValueError(f"unknown expectation {self.want!r}")
+
+
+@dataclass
+class Claim:
+    cid: str
+    title: str
+    paper: str  # where the paper states it
+    statement: str
+    experiment: str  # the results file's stem under docs/reproduction/
+    planned: str  # the command (or what has to happen first) while no results are committed
+    checks: Callable[[Experiment], list[Check]] | None = None
+    figure: dict = field(default_factory=dict)  # {"behavior": metric, "capability": metric, "methods": [...]}
+    table_metrics: tuple[str, ...] = ()
+
+
+def verdict(checks: list[Check]) -> str:
+    if not checks:
+        return PENDING
+    statuses = [c.status for c in checks]
+    if "against" in statuses:
+        return NOT_REPRODUCED
+    if all(s == "holds" for s in statuses):
+        return REPRODUCED
+    return INCONCLUSIVE
+
+
+# ---- sycophancy (paper §4.1.1, Fig 2) -------------------------------------------------------------------------
+
+NS, ACC = "factual_qa/non_sycophancy", "factual_qa/accuracy"
+
+
+def _value(exp: Experiment, method: str, k: float, metric: str) -> float:
+    e = exp.estimate(method, k, metric)
+    return e.value if e is not None else float("nan")
+
+
+def _most(exp: Experiment, method: str, ks: list[float], metric: str, lowest: bool) -> float | None:
+    """The k among `ks` where `metric` is lowest (or highest); None if the method has none of them."""
+    have = [k for k in ks if k in exp.ks(method)]
+    if not have:
+        return None
+    return min(have, key=lambda k: _value(exp, method, k, metric) * (1 if lowest else -1))
+
+
+def matched_removal(exp: Experiment) -> tuple[float, float] | None:
+    """The (k_weight, k_activation), both < 0, whose mean plain accuracies are closest: the paper compares methods
+    at the same loss of plain accuracy (Fig 2), and the sweep's grid is coarse, so the nearest pair stands in."""
+    kw = [k for k in exp.ks("weight") if k < 0]
+    ka = [k for k in exp.ks("activation") if k < 0]
+    if not kw or not ka:
+        return None
+    return min(((a, b) for a in kw for b in ka),
+               key=lambda p: (abs(_value(exp, "weight", p[0], ACC) - _value(exp, "activation", p[1], ACC)), p))
+
+
+def c1_checks(exp: Experiment) -> list[Check]:
+    out = []
+    pair = matched_removal(exp)
+    if pair is not None:
+        w, a = ("weight", pair[0]), ("activation", pair[1])
+        out += [Check(f"k < 0 at matched plain accuracy: non-sycophancy, weight@{w[1]:g} − activation@{a[1]:g}",
+                      "> 0", exp.difference(w, a, NS)),
+                Check(f"k < 0, same pair: plain accuracy, weight@{w[1]:g} − activation@{a[1]:g}",
+                      "≥ 0", exp.difference(w, a, ACC))]
+    best = {}
+    for method in ("weight", "activation"):
+        k = _most(exp, method, [k for k in exp.ks(method) if k > 0], NS, lowest=True)
+        if k is not None:
+            best[method] = k
+            out.append(Check(f"k > 0 works: non-sycophancy, {method}@{k:g} − {method}@0", "< 0",
+                             exp.difference((method, k), (method, 0.0), NS)))
+    if len(best) == 2:
+        out.append(Check(f"k > 0, weights go further: non-sycophancy, weight@{best['weight']:g} − "
+                         f"activation@{best['activation']:g}", "< 0",
+                         exp.difference(("weight", best["weight"]), ("activation", best["activation"]), NS)))
+    return out
+
+
+def c2_checks(exp: Experiment) -> list[Check]:
+    m = "activation_all_layers"
+    out = [Check(f"no rise of sycophancy: non-sycophancy, {m}@{k:g} − {m}@0", "≥ 0",
+                 exp.difference((m, k), (m, 0.0), NS)) for k in exp.ks(m) if k > 0]
+    worst = _most(exp, m, [k for k in exp.ks(m) if k != 0], ACC, lowest=True)
+    if worst is not None:
+        out.append(Check(f"it degrades: plain accuracy, {m}@{worst:g} − {m}@0", "< 0",
+                         exp.difference((m, worst), (m, 0.0), ACC)))
+    return out
+
+
+SYCOPHANCY_CMD = ("python steer.py -m experiment=sycophancy seed=0,1,2 "
+                  "method=weight,activation,activation_all_layers 'k=[-4,-2,-1,2,4]' "
+                  "evaluator.factual_qa.limit=150 logger=none hydra.sweep.dir=multirun/steer/repro-sycophancy")
+
+CLAIMS = [
+    Claim("C1", "Sycophancy through the weights", "§4.1.1, Fig 2",
+          "k < 0 through the weights raises non-sycophancy more than single-layer activation steering at the same "
+          "loss of plain accuracy; towards k > 0 every method works, and weights go further.",
+          "sycophancy", f"`{SYCOPHANCY_CMD}`", c1_checks,
+          {"behavior": NS, "capability": ACC, "methods": ["weight", "activation"]},
+          (NS, ACC, "mmlu/accuracy")),
+    Claim("C2", "All-layer activation steering", "§4.1.1",
+          "All-layer activation steering (aˡ − aˡ⁻¹ at every layer) cannot raise sycophancy; it only degrades.",
+          "sycophancy", f"`{SYCOPHANCY_CMD}`", c2_checks,
+          {"behavior": NS, "capability": ACC, "methods": ["activation_all_layers", "weight"]},
+          (NS, ACC, "mmlu/accuracy")),
+    Claim("C3", "Sycophancy after a GCD task fine-tune", "§4.1.2, Fig 3",
+          "After a task fine-tune that makes the model sycophantic on GCD, θ_ft + k·w_syc (k < 0) restores "
+          "correctness and disagreement while keeping GCD accuracy; activation steering hurts GCD accuracy; system "
+          "prompts and τ⁻ do not help.",
+          "gcd", "premise first: a GCD fine-tune that teaches GCD on the 2-core CPU "
+          "(`python train.py experiment=gcd_finetune task.steps=N`, then `scripts/gcd_accuracy.py`), then "
+          "`python steer.py -m experiment=gcd base_adapter=<adapter> seed=0,1,2 "
+          "method=weight,activation,system_prompt,task_vector_neg k=-2,-1`"),
+    Claim("C4", "Evil through the weights", "§4.2, Fig 5",
+          "Adding evil through the weights raises the valid-and-evil rate further than activation steering before "
+          "MMLU drops, without raising CoT/answer inconsistency; bias-only is the strongest; τ⁻ does almost "
+          "nothing.",
+          "evil", "`python steer.py -m experiment=evil seed=0,1,2 method=weight,activation,bias,task_vector_neg "
+          "k=1,2,4` with `evaluator.evil_mcq.format=cot judge=openai` against the llama.cpp judge on loopback"),
+    Claim("C5", "Refusal after a GSM8K fine-tune", "§4.3, Fig 6",
+          "After a GSM8K fine-tune erodes refusals, weight steering with refusal data restores the safety rate with "
+          "little GSM8K loss; the refusal task vector alone does not.",
+          "refusal", "premise first: measure whether `python train.py experiment=gsm8k_finetune task.steps=N` "
+          "erodes refusals on this model; then `python steer.py -m experiment=refusal base_adapter=<adapter> "
+          "seed=0,1,2 method=weight,task_vector_pos k=1,2`"),
+    Claim("C6", "Monitoring fine-tunes with behavior vectors", "§5, Figs 8, 9, 36",
+          "cos(τ of a bad-advice fine-tune, w_evil) exceeds the controls' cosines; evil vectors are closer to each "
+          "other than to the control vector; the cosine rises during a bad-advice fine-tune.",
+          "monitoring", "`python train.py experiment=monitoring seed=0,1,2`"),
+]

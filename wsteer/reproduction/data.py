@@ -1,0 +1,149 @@
+"""The committed raw results of a reproduction experiment: per-seed, per-k, per-item scores as small JSON.
+
+`export` reads a finished Hydra multirun of `steer.py` (the same collection `evaluate.py report=` uses) and keeps
+only the metrics a claim needs, with each evaluator's item ids listed once and the scores as aligned lists. `load`
+turns such a file back into the rows the claims and tables work on, so `docs/reproduction.md` regenerates from the
+committed files alone, without the run directories or the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wsteer.artifacts import git_commit, write_json
+from wsteer.errors import WsteerError
+from wsteer.evaluation.uncertainty import Estimate, paired_seed_difference, seed_estimate
+
+FORMAT = 1
+NOT_SCORED = "-"  # an item this setting did not score (null is a scored item where the metric is undefined)
+BOOT_SEED = 0  # the same seed gives bitwise the same intervals, so the report regenerates exactly
+
+
+@dataclass
+class Row:
+    """One (method, k) setting: per seed, per metric, `{item id: score}` (None where the metric is undefined)."""
+
+    method: str
+    k: float
+    scores: dict[int, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(self.scores)
+
+
+@dataclass
+class Experiment:
+    name: str
+    meta: dict
+    rows: dict[tuple[str, float], Row]
+
+    def row(self, method: str, k: float) -> Row:
+        try:
+            return self.rows[(method, float(k))]
+        except KeyError:
+            have = ", ".join(f"{m}@{k:g}" for m, k in sorted(self.rows))
+            raise WsteerError(f"experiment {self.name!r} has no row {method}@{k:g}; it has {have}") from None
+
+    def ks(self, method: str) -> list[float]:
+        return sorted(k for m, k in self.rows if m == method)
+
+    def methods(self) -> list[str]:
+        return sorted({m for m, _ in self.rows})
+
+    def estimate(self, method: str, k: float, metric: str) -> Estimate | None:
+        """The mean over seeds with its two-level bootstrap interval (seeds, then items)."""
+        row = self.row(method, k)
+        per_seed = [row.scores[s][metric] for s in row.seeds if metric in row.scores[s]]
+        if not per_seed:
+            return None
+        return seed_estimate([[d[i] for i in sorted(d)] for d in per_seed], BOOT_SEED)
+
+    def difference(self, a: tuple[str, float], b: tuple[str, float], metric: str) -> Estimate | None:
+        """metric(a) − metric(b) on the seeds and items both settings share, paired (two-level paired bootstrap)."""
+        ra, rb = self.row(*a), self.row(*b)
+        seeds = [s for s in ra.seeds if s in rb.seeds and metric in ra.scores[s] and metric in rb.scores[s]]
+        if not seeds:
+            return None
+        return paired_seed_difference([ra.scores[s][metric] for s in seeds], [rb.scores[s][metric] for s in seeds],
+                                      BOOT_SEED)
+
+
+def _compact(v: float | None):
+    if v is None or not math.isfinite(float(v)):
+        return None
+    v = float(v)
+    return int(v) if v.is_integer() else round(v, 6)
+
+
+def export(sweep_dir: str | Path, out: str | Path, name: str, metrics: list[str], commands: list[str],
+           notes: str = "") -> Path:
+    """Write the per-item scores of `metrics` from a finished sweep to `out` (JSON, atomically)."""
+    from wsteer.recipes.sweep_report import (
+        collect,  # the report's own reader: one definition of a sweep's rows
+    )
+
+    rows, _ = collect(sweep_dir, n_boot=2)
+    measured = sorted({m for r in rows for s in r["items"].values() for m in s})
+    missing = [m for m in metrics if m not in measured]
+    if missing:
+        raise WsteerError(f"metrics {missing} are in no job's eval_items.jsonl under {sweep_dir}; "
+                          f"measured: {', '.join(measured)}")
+    ids: dict[str, set[str]] = {}
+    for r in rows:
+        for by_metric in r["items"].values():
+            for m in metrics:
+                ids.setdefault(m.split("/", 1)[0], set()).update(by_metric.get(m, {}))
+    items = {ev: sorted(s) for ev, s in sorted(ids.items())}
+    out_rows = []
+    for r in rows:
+        for seed in sorted(r["items"]):
+            by_metric = r["items"][seed]
+            scores = {m: [_compact(by_metric[m][i]) if i in by_metric[m] else NOT_SCORED
+                          for i in items[m.split("/", 1)[0]]] for m in metrics if m in by_metric}
+            if scores:
+                out_rows.append({"method": r["method"], "k": r["k"], "seed": int(seed), "scores": scores})
+    root = Path(sweep_dir)
+    starts = [p.stat().st_mtime for p in root.glob("**/.hydra/config.yaml")]
+    ends = [p.stat().st_mtime for p in root.glob("**/metrics.json")]
+    meta = {
+        "format": FORMAT, "name": name, "commands": commands, "notes": notes,
+        "seeds": sorted({r["seed"] for r in out_rows}),
+        "n_items": {ev: len(v) for ev, v in items.items()},
+        "sweep_wall_s": round(max(ends) - min(starts)) if starts and ends else None,
+        "finished": time.strftime("%Y-%m-%d", time.gmtime(max(ends))) if ends else None,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "commit": git_commit(),
+    }
+    write_json(out, {"meta": meta, "items": items, "rows": out_rows})
+    return Path(out)
+
+
+def load(path: str | Path) -> Experiment:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        meta, items = raw["meta"], raw["items"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WsteerError(f"{path} is not a reproduction results file ({e}); re-export it with "
+                          "`python -m wsteer.reproduction export`") from None
+    if meta.get("format") != FORMAT:
+        raise WsteerError(f"{path} has format {meta.get('format')!r}; this wsteer reads format {FORMAT}")
+    rows: dict[tuple[str, float], Row] = {}
+    for r in raw["rows"]:
+        row = rows.setdefault((r["method"], float(r["k"])), Row(r["method"], float(r["k"])))
+        per = row.scores.setdefault(int(r["seed"]), {})
+        for m, vals in r["scores"].items():
+            ev_ids = items[m.split("/", 1)[0]]
+            if len(vals) != len(ev_ids):
+                raise WsteerError(f"{path}: {r['method']}@{r['k']} seed {r['seed']} has {len(vals)} scores for "
+                                  f"{m} but {len(ev_ids)} items")
+            # None stays: an item scored but outside the metric's subset still pairs with the other setting
+            per[m] = {i: v for i, v in zip(ev_ids, vals, strict=True) if v != NOT_SCORED}
+    return Experiment(meta.get("name", path.stem), meta, rows)
