@@ -1,8 +1,10 @@
 """serve.py: an OpenAI-compatible server that steers each request with θ + k·w from the vector library (issue 18).
 
-One model is loaded; every request names its steering (`model="sycophancy@-2"` or `extra_body={"steer": {...}}`),
-requests with identical steering are batched, and the single worker applies each batch's steering with the
-reversible in-place `apply(model, k)`. See wsteer/serving/ for the parts and README "Serving" for the commands.
+One model is loaded; every request names its steering (`model="sycophancy@-2"` or `extra_body={"steer": {...}}`).
+With `backend=hf` requests with identical steering are batched and the single worker applies each batch's
+steering with the reversible in-place `apply(model, k)`; `backend=llamacpp` serves the base GGUF with each vector
+as a GGUF LoRA at scale k, `backend=vllm` each (vector, k) as a vLLM LoRA. See wsteer/serving/ for the parts and
+README "Serving" for the commands.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from wsteer.errors import WsteerError
-from wsteer.serving.engine import check_backend
+from wsteer.serving.backends import check_backend_settings
 
 CONF_BEHAVIORS = Path(__file__).resolve().parents[2] / "conf" / "behavior"
 
 
 def check_settings(cfg: DictConfig) -> None:
     """Every server setting, before the model loads (a typo costs a second)."""
-    check_backend(cfg.backend)
+    check_backend_settings(cfg)  # a missing llama-cpp-python / vLLM or base GGUF fails here, in a second
     for key, lo, hi in (("port", 0, 65535), ("max_batch_rows", 1, 4096), ("default_max_tokens", 1, 1 << 20),
                         ("max_n", 1, 4096)):
         v = cfg[key]
@@ -73,7 +75,7 @@ def run(cfg: DictConfig) -> dict:
 
     from wsteer.recipes._common import prepare
     from wsteer.serving.app import Settings, build_app
-    from wsteer.serving.engine import make_engine
+    from wsteer.serving.backends import make_engine
     from wsteer.serving.vectors import ServedLibrary
 
     api_key = os.environ.get(cfg.api_key_env) or None
@@ -85,8 +87,7 @@ def run(cfg: DictConfig) -> dict:
     library = ServedLibrary(cfg.paths.cache_dir, ctx.model, ctx.fingerprint, cfg.model.name,
                             known_behaviors=[p.stem for p in CONF_BEHAVIORS.glob("*.yaml")],
                             refresh_s=float(cfg.library_refresh_s))
-    engine = make_engine(cfg.backend, ctx.model, ctx.tokenizer, max_batch_rows=cfg.max_batch_rows,
-                         batch_wait_s=cfg.batch_wait_ms / 1000)
+    engine = make_engine(cfg, ctx.model, ctx.tokenizer, library)
     settings = Settings(model_id=str(cfg.served_model_name), fingerprint=ctx.fingerprint,
                         aliases=frozenset({str(cfg.model.name), str(cfg.model.path)}), api_key=api_key,
                         default_max_tokens=cfg.default_max_tokens, max_n=cfg.max_n, max_rows=cfg.max_batch_rows,

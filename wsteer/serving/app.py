@@ -138,10 +138,12 @@ def build_app(engine: Engine, library: ServedLibrary, settings: Settings) -> Fas
     async def serve(req: GenRequest, request: Request):
         t0 = time.perf_counter()
         # one hop to a thread for the CPU and disk work: load/compose the vectors, tokenize
-        (steerer, k), rows = await run_in_threadpool(lambda: (library.resolve(req.steering), prepare_rows(req)))
+        # (the backend's plan may export an adapter the first time a vector is used: seconds, never in the worker)
+        (steerer, k, plan), rows = await run_in_threadpool(
+            lambda: (engine.plan(library, req.steering), prepare_rows(req)))
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         job = Job(req.steering, steerer, k, req.sampling, rows,
-                  sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+                  sink=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), plan=plan)
         engine.submit(job)
         rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         meta = {"id": rid, "created": int(time.time()), "model": req.model}

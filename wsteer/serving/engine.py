@@ -1,16 +1,10 @@
-"""Serving backends behind one small interface, and the `hf` backend.
+"""The backend interface every serving backend implements, and the queue-and-worker loop they share.
 
-The `hf` backend keeps one loaded model and one worker thread that owns it. Requests wait in a queue; the worker
-takes the oldest, gathers every waiting request that steers and decodes the same way (same behaviors and ks, same
-method, same sampling settings) into one batch, and generates the batch inside the steerer's reversible
-`apply(model, k)`. The weights hold θ + k·w only inside that block and only the worker touches the model, so no
-request ever sees another's k, and one loaded model serves every k. Requests with other steering wait for the
-next batch (mixed-k traffic costs more batches, not wrong answers).
-
-Each batch is decoded exactly as `wsteer.generation.generate` decodes (same prompt rendering, left padding and
-`GenerationConfig`), so a greedy served answer is the answer `steer.py` writes at the same k. Per-row limits
-(each request's `max_tokens`, `stop`, a streaming client that went away) are enforced by a stopping criterion
-that ends a row early without touching the others.
+A backend (`hf.py`, `llamacpp.py`, `vllm.py`) owns one loaded model and one worker thread; only that thread
+touches the model. Requests wait in a queue; the worker takes the oldest, gathers every waiting request that
+may share a pass with it (`batch_key`: for `hf` and `llamacpp` the same steering and decoding, for `vllm`
+anything, since each row carries its own adapter) and runs them. Per-row limits (each request's `max_tokens`,
+`stop`, a streaming client that went away) and the streamed text are handled here, the same for every backend.
 """
 
 from __future__ import annotations
@@ -21,26 +15,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
-from wsteer.errors import WsteerError
-from wsteer.generation import left_pad, render_prompt
 from wsteer.serving.schema import APIError, Sampling, Steering
 
 log = logging.getLogger("wsteer.serve")
-
-BACKENDS = ("hf", "vllm", "llamacpp")
-NOT_HERE = {
-    "vllm": ("backend=vllm is not available in this version of serve.py; serve with backend=hf, or export "
-             "k·w as a PEFT LoRA adapter (`python steer.py export_adapter=true k=-2`) and load it in vLLM's own "
-             "OpenAI server with --enable-lora --lora-modules"),
-    "llamacpp": ("backend=llamacpp is not available in this version of serve.py; serve with backend=hf, or run "
-                 "llama.cpp's own server with the GGUF LoRA export (llama-server -m base.gguf --lora-scaled w.gguf -2)"),
-}
 
 
 @dataclass(eq=False)  # rows and jobs are told apart by identity: two identical requests are still two
@@ -64,6 +43,8 @@ class Job:
 
     `sink` receives events from the worker thread: ("delta", row index, text), then ("done", [result per row])
     or ("error", APIError). It must be cheap and thread-safe (the app hands events to its event loop).
+    `steerer`/`k` are what the `hf` backend applies; `plan` is what another backend prepared for this steering
+    (exported adapter files and their scales), made by `Engine.plan` before the job is queued.
     """
 
     steering: Steering
@@ -72,6 +53,7 @@ class Job:
     sampling: Sampling
     rows: list[Row]
     sink: Callable[[tuple], None]
+    plan: object = None
     cancelled: bool = False
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -80,7 +62,7 @@ class Job:
 
 
 class Engine:
-    """What the app needs from a backend: tokenize, accept jobs, report its state."""
+    """What the app needs from a backend: tokenize, turn a steering into what it applies, accept jobs, report."""
 
     name = "base"
 
@@ -93,6 +75,12 @@ class Engine:
     @property
     def context_length(self) -> int | None:
         return None
+
+    def plan(self, library, steering: Steering) -> tuple[object, float, object]:
+        """(steerer, k, plan) for a request; runs in a request thread, so slow preparation (exporting an
+        adapter) never stalls the worker. Raises `APIError` (400) for a steering this backend cannot apply."""
+        steerer, k = library.resolve(steering)
+        return steerer, k, None
 
     def submit(self, job: Job) -> None:
         raise NotImplementedError
@@ -107,64 +95,7 @@ class Engine:
         return {}
 
 
-def check_backend(name: str) -> None:
-    """Refuse a backend this build cannot serve with, before the model is loaded."""
-    if name not in BACKENDS:
-        raise WsteerError(f"backend={name!r} is unknown; choose one of {', '.join(BACKENDS)}")
-    if name in NOT_HERE:
-        raise WsteerError(NOT_HERE[name])
-
-
-def decoding_config(max_new_tokens: int, sampling: Sampling, pad: int, eos: int) -> GenerationConfig:
-    """The `GenerationConfig` that `wsteer.generation.generate` builds, with the request's top_p when sampling."""
-    sample = not sampling.greedy
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=sampling.temperature if sample else None,
-        top_p=sampling.top_p if sample else None,
-        top_k=0 if sample else None,
-        pad_token_id=pad,
-        eos_token_id=eos,
-    )
-
-
-class _RowLimits(StoppingCriteria):
-    """Ends each row at its own max_tokens, at a stop string or when its client left; streams new text.
-
-    Called by `generate` after every step with the whole batch; it reads only each row's newest token and
-    returns which rows are done, so a finished row stops while the others go on unchanged.
-    """
-
-    def __init__(self, engine: HFEngine, rows: list[Row], jobs_of: list[Job], emit: list[Callable]):
-        self.engine, self.rows, self.jobs_of, self.emit = engine, rows, jobs_of, emit
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        newest = input_ids[:, -1].tolist()
-        for i, row in enumerate(self.rows):
-            if row.done:
-                continue
-            if self.jobs_of[i].cancelled:
-                row.done = True
-                continue
-            if newest[i] == self.engine.eos:
-                row.done = True
-                continue
-            row.tokens.append(newest[i])
-            if row.stop or row.stream:
-                text = self.engine.decode(row.tokens)
-                if row.stop and any(s in text for s in row.stop):
-                    row.done, row.stopped_at = True, len(row.tokens)
-                elif row.stream:
-                    delta = _stable_delta(row, text)
-                    if delta:
-                        self.emit[i](delta)
-            if len(row.tokens) >= row.max_tokens:
-                row.done = True
-        return torch.tensor([r.done for r in self.rows], dtype=torch.bool, device=input_ids.device)
-
-
-def _stable_delta(row: Row, text: str) -> str:
+def stable_delta(row: Row, text: str) -> str:
     """The part of `text` that can be streamed now and will not change: trailing whitespace is held back (the
     answer may be stripped, or a tokenizer clean-up may drop a space before punctuation), as are an incomplete
     UTF-8 character and any tail that could still become a stop string."""
@@ -183,57 +114,86 @@ def _stable_delta(row: Row, text: str) -> str:
     return ""
 
 
-class HFEngine(Engine):
-    """The transformers backend: one worker thread, batches by identical steering, `generate`'s decoding.
+def take_token(row: Row, token: int, decode: Callable[[list[int]], str], emit: Callable[[str], None]) -> None:
+    """Add one generated (non end-of-turn) token to a row: stop at a stop string or max_tokens, stream new text."""
+    row.tokens.append(token)
+    if row.stop or row.stream:
+        text = decode(row.tokens)
+        if row.stop and any(s in text for s in row.stop):
+            row.done, row.stopped_at = True, len(row.tokens)
+        elif row.stream:
+            delta = stable_delta(row, text)
+            if delta:
+                emit(delta)
+    if len(row.tokens) >= row.max_tokens:
+        row.done = True
+
+
+def finish_row(row: Row, index: int, job: Job, new: list[int], at_eos: bool,
+               decode: Callable[[list[int]], str]) -> dict:
+    """A row's answer from its new tokens (already cut at end-of-turn): cut at its stop strings, stripped for chat,
+    and whatever streaming held back sent. `completion_tokens` counts the end-of-turn token, as `generate` does."""
+    if row.stopped_at is not None:
+        new, at_eos = new[: row.stopped_at], False
+    text = decode(new)
+    cut = min((i for i in (text.find(s) for s in row.stop) if i >= 0), default=-1)
+    if cut >= 0:
+        text = text[:cut]
+    if row.strip:
+        text = text.strip()
+    if row.stream and not job.cancelled:
+        if text.startswith(row.sent):
+            if len(text) > len(row.sent):
+                deliver(job, ("delta", index, text[len(row.sent):]))
+        else:  # a tokenizer whose decode is not prefix-stable; the final text is authoritative
+            log.warning("streamed text diverged from the final answer (tokenizer decode is not prefix-stable)")
+        row.sent = text
+    return {"text": text, "finish_reason": "stop" if at_eos or cut >= 0 else "length",
+            "prompt_tokens": len(row.prompt), "completion_tokens": len(new) + at_eos}
+
+
+def emitter(job: Job, index: int) -> Callable[[str], None]:
+    """What streams row `index` of `job`: each call sends one text delta to its client."""
+    return lambda text: deliver(job, ("delta", index, text))
+
+
+def deliver(job: Job, event: tuple) -> None:
+    """Hand an event to a job's waiter; a waiter that is gone (its event loop closed at shutdown) must not stop the
+    worker, which serves everyone else."""
+    try:
+        job.sink(event)
+    except RuntimeError:
+        job.cancelled = True
+
+
+class QueueEngine(Engine):
+    """One worker thread, a queue, and batches of jobs that share `batch_key`; subclasses implement `_generate`.
 
     Args:
-        model, tokenizer: the loaded base model (in eval mode) and its tokenizer.
-        max_batch_rows: most rows (answers) in one `generate` call.
+        max_batch_rows: most rows (answers) in one batch.
         batch_wait_s: after a request arrives, how long the worker waits for another before it starts a batch
             that is not full (requests sent together by many clients then share one batch).
     """
 
-    name = "hf"
-
-    def __init__(self, model, tokenizer, max_batch_rows: int = 32, batch_wait_s: float = 0.01):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, max_batch_rows: int = 32, batch_wait_s: float = 0.01):
         self.max_batch_rows, self.batch_wait_s = max_batch_rows, batch_wait_s
-        self.pad, self.eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-        self.device = next(model.parameters()).device
-        # A fast tokenizer's Rust object refuses concurrent borrows ("Already borrowed") when one thread encodes
-        # while another changes its padding state: every tokenizer call goes through this lock.
-        self._tok_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._pending: list[Job] = []
         self._thread: threading.Thread | None = None
         self._batches = self._rows_done = 0
         self._busy_s = 0.0
 
-    # -- tokenizer (request threads and the worker) --
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        try:
-            with self._tok_lock:
-                return render_prompt(self.tokenizer, messages)
-        except Exception as e:  # noqa: BLE001 - a chat template raises whatever its author chose
-            raise APIError(f"the model's chat template refused these messages ({type(e).__name__}: {e})",
-                           param="messages", code="invalid_value") from e
+    def batch_key(self, job: Job):
+        """Jobs with equal keys may run in one batch (default: same steering, same decoding)."""
+        return job.key()
 
-    def encode_text(self, text: str) -> list[int]:
-        with self._tok_lock:
-            return self.tokenizer(text).input_ids  # special tokens (a BOS) as the model expects, as vLLM does
+    def _generate(self, jobs: list[Job]) -> list[list[dict]]:
+        """Answer a batch: one result dict per row, per job (`finish_row`'s shape)."""
+        raise NotImplementedError
 
-    def decode(self, ids: list[int]) -> str:
-        with self._tok_lock:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    @property
-    def context_length(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
-
-    # -- queue --
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="wsteer-serve-worker", daemon=True)
+            self._thread = threading.Thread(target=self._loop, name=f"wsteer-serve-{self.name}", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -253,7 +213,7 @@ class HFEngine(Engine):
                 "mean_batch_rows": round(self._rows_done / self._batches, 2) if self._batches else None}
 
     def _rows_waiting(self, key) -> int:
-        return sum(len(j.rows) for j in self._pending if j.key() == key)
+        return sum(len(j.rows) for j in self._pending if self.batch_key(j) == key)
 
     def _next_batch(self) -> list[Job] | None:
         """The oldest waiting job and every waiting job with its key, up to max_batch_rows; None to stop."""
@@ -276,7 +236,7 @@ class HFEngine(Engine):
                 break
             self._pending.append(job)
         give_up = time.monotonic() + 20 * self.batch_wait_s
-        while self._rows_waiting(self._pending[0].key()) < self.max_batch_rows:
+        while self._rows_waiting(self.batch_key(self._pending[0])) < self.max_batch_rows:
             timeout = min(self.batch_wait_s, give_up - time.monotonic())
             if timeout <= 0:
                 break
@@ -294,9 +254,9 @@ class HFEngine(Engine):
         self._pending = [j for j in self._pending if not j.cancelled]
         if not self._pending:
             return []
-        key, batch, rows = self._pending[0].key(), [], 0
+        key, batch, rows = self.batch_key(self._pending[0]), [], 0
         for job in self._pending:
-            if job.key() == key and (not batch or rows + len(job.rows) <= self.max_batch_rows):
+            if self.batch_key(job) == key and (not batch or rows + len(job.rows) <= self.max_batch_rows):
                 batch.append(job)
                 rows += len(job.rows)
         self._pending = [j for j in self._pending if j not in batch]
@@ -314,15 +274,13 @@ class HFEngine(Engine):
         t0 = time.perf_counter()
         head = jobs[0]
         try:
-            steering = head.steerer.apply(self.model, head.k) if head.steerer is not None else nullcontext()
-            with steering:
-                results = self._generate(jobs)
+            results = self._generate(jobs)
         except Exception as e:  # noqa: BLE001 - one failed batch is answered with an error; the server goes on
             log.error("generation failed for %s: %s", head.steering.label(), traceback.format_exc())
             err = APIError(f"generation failed ({type(e).__name__}: {e})", status=500, type="server_error",
                            code="generation_failed")
             for job in jobs:
-                _deliver(job, ("error", err))
+                deliver(job, ("error", err))
             return
         finally:
             self._busy_s += time.perf_counter() - t0
@@ -332,67 +290,6 @@ class HFEngine(Engine):
             if job.cancelled:
                 log.info("a client left (steer=%s): its answer stopped after %d tokens", job.steering.label(),
                          max(len(r.tokens) for r in job.rows))
-            _deliver(job, ("done", res))
+            deliver(job, ("done", res))
         log.debug("batch %s: %d rows in %.2fs", head.steering.label(), sum(len(j.rows) for j in jobs),
                   time.perf_counter() - t0)
-
-    @torch.no_grad()
-    def _generate(self, jobs: list[Job]) -> list[list[dict]]:
-        rows = [r for j in jobs for r in j.rows]
-        owner = [j for j in jobs for _ in j.rows]
-        emit = [self._emitter(j, i) for j in jobs for i in range(len(j.rows))]
-        sampling = jobs[0].sampling
-        width = max(len(r.prompt) for r in rows)
-        ids, mask = left_pad([r.prompt for r in rows], list(range(len(rows))), self.pad, width)
-        gen_cfg = decoding_config(max(r.max_tokens for r in rows), sampling, self.pad, self.eos)
-        if not sampling.greedy:
-            # one seed per batch: a seeded request repeats its answer when it is batched the same way (e.g. alone)
-            torch.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
-        # always attached: a row whose client left must stop even when nothing else would end it early
-        limits = StoppingCriteriaList([_RowLimits(self, rows, owner, emit)])
-        seqs = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                   generation_config=gen_cfg, stopping_criteria=limits)
-        new = iter(seqs[:, width:].cpu().tolist())  # rows in the order they were stacked: job by job
-        return [[self._finish(row, i, next(new), job) for i, row in enumerate(job.rows)] for job in jobs]
-
-    def _emitter(self, job: Job, index: int) -> Callable[[str], None]:
-        return lambda text: _deliver(job, ("delta", index, text))
-
-    def _finish(self, row: Row, index: int, new: list[int], job: Job) -> dict:
-        """The row's answer exactly as `generate` computes it (cut at end-of-turn, decoded, stripped), then cut at
-        its own max_tokens and stop strings; streams whatever was held back."""
-        new = new[: row.max_tokens]  # after a row's own limit come pad tokens, which may equal end-of-turn
-        at_eos = self.eos in new
-        if at_eos:
-            new = new[: new.index(self.eos)]
-        if row.stopped_at is not None:
-            new, at_eos = new[: row.stopped_at], False
-        text = self.decode(new)
-        cut = min((i for i in (text.find(s) for s in row.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            text = text[:cut]
-        if row.strip:
-            text = text.strip()
-        if row.stream and not job.cancelled:
-            if text.startswith(row.sent):
-                if len(text) > len(row.sent):
-                    _deliver(job, ("delta", index, text[len(row.sent):]))
-            else:  # a tokenizer whose decode is not prefix-stable; the final text is authoritative
-                log.warning("streamed text diverged from the final answer (tokenizer decode is not prefix-stable)")
-            row.sent = text
-        return {"text": text, "finish_reason": "stop" if at_eos or cut >= 0 else "length",
-                "prompt_tokens": len(row.prompt), "completion_tokens": len(new) + at_eos}  # as `generate` counts
-
-
-def _deliver(job: Job, event: tuple) -> None:
-    """Hand an event to a job's waiter; a waiter that is gone (its event loop closed at shutdown) must not stop the
-    worker, which serves everyone else."""
-    try:
-        job.sink(event)
-    except RuntimeError:
-        job.cancelled = True
-
-
-def make_engine(backend: str, model, tokenizer, **settings) -> Engine:
-    check_backend(backend)
-    return HFEngine(model, tokenizer, **settings)

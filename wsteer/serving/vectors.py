@@ -147,6 +147,20 @@ class ServedLibrary:
             steerer = self._steerers[key]
         return steerer, (steering.parts[0][1] if single else 1.0)
 
+    def parts(self, steering: Steering) -> list[tuple[str, WeightVector, float]]:
+        """(vector file, the vector as applied, k) for each behavior of a steering; [] for the base model.
+
+        For backends that apply each behavior as its own adapter at its own scale (llama.cpp: several LoRAs on
+        one context), so one exported file per vector serves every k and every composition it appears in. The
+        refusals are `resolve`'s.
+        """
+        if steering.is_base:
+            return []
+        with self._lock:
+            rows = {name: self._find(name, ARTIFACT[steering.method]) for name, _ in steering.parts}
+            return [(rows[name]["path"], self._vector(rows[name], name, steering.method), k)
+                    for name, k in steering.parts]
+
     def listing(self) -> tuple[list[dict], list[dict]]:
         """(vectors this model can be steered with, newest per behavior; vectors built for other base models).
 
