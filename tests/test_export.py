@@ -18,10 +18,10 @@ from wsteer.export import export_merged_model, export_peft_adapter
 from wsteer.generation import generate, render_prompt
 from wsteer.library import check_fingerprint, compose, format_listing, list_vectors
 from wsteer.library import main as library_main
+from wsteer.lora_layout import lora_config, lora_factors
 from wsteer.models import fingerprint, load_model, mlp_output_projections
 from wsteer.steering.bias import BiasSteerer
 from wsteer.steering.weight import WeightSteerer
-from wsteer.training.paired import lora_config, lora_factors
 from wsteer.vectors import DenseVector, WeightVector
 
 ADAPTER = OmegaConf.create({"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"})

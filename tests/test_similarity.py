@@ -16,6 +16,9 @@ from wsteer.errors import WsteerError
 from wsteer.monitoring import similarity as sim
 from wsteer.monitoring.callback import CosineMonitor, callbacks_from_cfg
 from wsteer.monitoring.compare import compare
+from wsteer.monitoring.deltas import SafetensorsDelta
+from wsteer.monitoring.loading import load_delta
+from wsteer.monitoring.similarity_report import format_table, heatmap
 from wsteer.vectors import WeightVector
 
 SHAPES = {
@@ -132,7 +135,7 @@ def test_cosine_of_a_vector_with_itself_is_one_and_with_its_negation_minus_one()
 def test_peft_adapter_folder_gives_the_same_cosine_as_its_in_memory_factors(tiny, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from wsteer.training.paired import lora_factors
+    from wsteer.lora_layout import lora_factors
 
     model, _ = tiny
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
@@ -143,7 +146,7 @@ def test_peft_adapter_folder_gives_the_same_cosine_as_its_in_memory_factors(tiny
                 p.normal_(0, 0.1)  # B = 0 at init; randomise it so the delta is nonzero
     factors = lora_factors(peft, "default")
     peft.save_pretrained(str(tmp_path / "adapter"))
-    loaded = sim.load_delta(tmp_path / "adapter")
+    loaded = load_delta(tmp_path / "adapter")
     assert sorted(loaded.names()) == sorted(factors)
     g = torch.Generator().manual_seed(1)
     ref = {
@@ -197,15 +200,15 @@ def test_peft_embedding_lora_and_modules_to_save_match_peft_own_merge(tmp_path):
     truth = {k: merged[k] - base[k] for k in base if not torch.equal(merged[k], base[k])}
     assert {"model.embed_tokens.weight", "lm_head.weight"} <= truth.keys()
     with pytest.raises(WsteerError, match="base="):
-        sim.load_delta(tmp_path / "adapter")
-    loaded = sim.load_delta(tmp_path / "adapter", base=tmp_path / "base.safetensors")
+        load_delta(tmp_path / "adapter")
+    loaded = load_delta(tmp_path / "adapter", base=tmp_path / "base.safetensors")
     assert sorted(loaded.names()) == sorted(truth)
     assert loaded.kind("lm_head.weight") == "dense" and loaded.kind("model.embed_tokens.weight") == "lowrank"
     ref = dense(12, {k: tuple(v.shape) for k, v in truth.items()}, dtype=torch.float32)
     ref = {k: r + 2 * truth[k] for k, r in ref.items()}
     assert sim.cosine(loaded, ref) == pytest.approx(sim.cosine(truth, ref), rel=1e-5)
     assert sim.norm(loaded) == pytest.approx(sim.norm(truth), rel=1e-5)
-    in_memory_base = sim.load_delta(tmp_path / "adapter", base=base)
+    in_memory_base = load_delta(tmp_path / "adapter", base=base)
     assert sim.cosine(in_memory_base, ref) == pytest.approx(sim.cosine(truth, ref), rel=1e-5)
 
 
@@ -228,7 +231,7 @@ def test_dense_safetensors_delta_streamed_from_disk_equals_the_in_memory_result(
             sim.breakdown(d, w).by_layer()[None].sq_a
         )
     assert isinstance(
-        sim.load_delta(tmp_path / "w.safetensors"), sim.SafetensorsDelta
+        load_delta(tmp_path / "w.safetensors"), SafetensorsDelta
     )  # lazily, entry by entry
 
 
@@ -251,9 +254,9 @@ def test_cosine_matrix_table_heatmap_and_compare_command(tmp_path, capsys):
     assert m.shape == (3, 3) and (m == m.T).all()
     assert m.diagonal() == pytest.approx([1.0, 1.0, 1.0])
     assert m[0, 2] == pytest.approx(sim.cosine(vecs["v0"], vecs["v2"]), rel=1e-12) and m[0, 2] > 0.3
-    table = sim.format_table(names, m)
+    table = format_table(names, m)
     assert table.splitlines()[0] == "| | v0 | v1 | v2 |" and len(table.splitlines()) == 5
-    png = sim.heatmap(names, m, tmp_path / "plots" / "h.png", "test")
+    png = heatmap(names, m, tmp_path / "plots" / "h.png", "test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in png.parent.iterdir() if p.name != "h.png"]  # no temp file left behind
     paths = [vecs[n].save(tmp_path / f"{n}.safetensors") for n in names]

@@ -11,9 +11,9 @@ from peft import get_peft_model
 
 from tests.conftest import assert_bitwise, snapshot
 from wsteer.errors import WsteerError
+from wsteer.lora_layout import lora_config, lora_factors
 from wsteer.models import fingerprint
 from wsteer.steering.weight import WeightSteerer
-from wsteer.training.paired import lora_config, lora_factors
 from wsteer.vectors import WeightVector
 
 ADAPTER = OmegaConf.create({"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"})

@@ -8,7 +8,7 @@ We write the adapter ourselves instead of going through PEFT's `add_weighted_ada
 combination scales A and B separately, so weights [k, −k] give (B⁺ + B⁻)(A⁺ − A⁻)-style cross-terms
 rather than k(B⁺A⁺ − B⁻A⁻) (peft#3004; measured relative error 1.00 in ../shared/design/peers.md §5.2).
 And serving engines have no steering-vector API of their own (vllm#3451, never merged): a LoRA adapter is
-what they already serve.
+what they already serve. Key names and the config come from `wsteer.lora_layout`, which also reads them back.
 """
 
 from __future__ import annotations
@@ -23,57 +23,16 @@ from safetensors.torch import save_file
 
 from wsteer.artifacts import atomic_path, git_commit
 from wsteer.errors import WsteerError
+from wsteer.lora_layout import factor_key, module_path, target_modules_for, unit_scale_config
 from wsteer.models import DTYPES, fingerprint
 from wsteer.steering.k import check_k
 from wsteer.vectors import WeightVector
 
 ADAPTER_FORMAT = "wsteer.peft_adapter/1"
 MERGED_FORMAT = "wsteer.merged_model/1"
-PREFIX = "base_model.model."  # PEFT's saved key prefix for a PeftModelForCausalLM around the base model
 # Manifest fields worth a line in a model card; the full manifest follows in a collapsed JSON block.
 CARD_FIELDS = ("base_model", "base_fingerprint", "behavior", "behavior_version", "method", "variant",
                "data_hash", "data_counts", "norm", "created", "git_commit")
-
-
-def _module_path(param_name: str) -> str:
-    if not param_name.endswith(".weight"):
-        raise WsteerError(f"cannot export {param_name!r} as a LoRA adapter: only `<module>.weight` "
-                          "matrices map onto LoRA layers")
-    return param_name.removesuffix(".weight")
-
-
-def _resolve_targets(paths: list[str], target_modules: Iterable[str] | str | None, model) -> list[str] | str:
-    """The `target_modules` that makes PEFT wrap exactly the exported modules.
-
-    Leaf names (`q_proj`, …) are the conventional form but match every module with that name, so they are
-    used only when `model` shows they select exactly `paths` (a vector restricted to some layers would
-    otherwise get extra, empty LoRA layers and PEFT "missing keys" warnings). Without a model, the explicit
-    full module names are written: always exact, and vLLM ignores `target_modules` anyway (its loader takes
-    the module list from the tensor names in `adapter_model.safetensors`).
-    """
-    from peft import LoraConfig
-    from peft.tuners.tuners_utils import check_target_module_exists
-
-    if target_modules is not None:
-        targets = target_modules if isinstance(target_modules, str) else sorted(set(target_modules))
-        config = LoraConfig(r=1, lora_alpha=1, target_modules=targets)
-        missed = [p for p in paths if not check_target_module_exists(config, p)]
-        if missed:
-            raise WsteerError(f"target_modules={targets!r} does not select {missed[:3]}"
-                              f"{' …' if len(missed) > 3 else ''}; PEFT would silently drop those weights — "
-                              "leave target_modules unset to derive it from the vector")
-        return targets
-    leaves = sorted({p.rsplit(".", 1)[-1] for p in paths})
-    if model is not None:
-        linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        not_linear = [p for p in paths if p not in linear]
-        if not_linear:
-            raise WsteerError(f"{not_linear[0]} is not a torch.nn.Linear in the given model; only linear "
-                              "layers can be exported as LoRA adapters (wrong model?)")
-        selected = {n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in leaves}
-        if selected == set(paths):
-            return leaves
-    return sorted(paths)
 
 
 def export_peft_adapter(
@@ -126,7 +85,7 @@ def export_peft_adapter(
     base_model_id = base_model_id or vector.manifest.get("base_model")
     if not base_model_id:
         raise WsteerError("pass base_model_id: the vector's manifest names no base model")
-    paths = {_module_path(n): n for n in vector.factors}
+    paths = {module_path(n): n for n in vector.factors}
     rank = max(b.shape[1] for b, _ in vector.factors.values())
     tensors: dict[str, torch.Tensor] = {}
     for path, name in sorted(paths.items()):
@@ -137,23 +96,9 @@ def export_peft_adapter(
         pad = rank - b.shape[1]
         b = torch.nn.functional.pad(b.float() * k, (0, pad))  # zero columns: see the docstring
         a = torch.nn.functional.pad(a.float(), (0, 0, 0, pad))  # zero rows
-        tensors[f"{PREFIX}{path}.lora_A.weight"] = a.to(dtype).contiguous()
-        tensors[f"{PREFIX}{path}.lora_B.weight"] = b.to(dtype).contiguous()
-    config = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": str(base_model_id),
-        "r": rank,
-        "lora_alpha": rank,  # α/r = 1: k is already in lora_B
-        "lora_dropout": 0.0,
-        "target_modules": _resolve_targets(sorted(paths), target_modules, model),
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "use_rslora": False,  # rsLoRA would scale by α/√r ≠ 1
-        "use_dora": False,
-        "modules_to_save": None,
-        "inference_mode": True,
-    }
+        tensors[factor_key(path, "A")] = a.to(dtype).contiguous()
+        tensors[factor_key(path, "B")] = b.to(dtype).contiguous()
+    config = unit_scale_config(rank, base_model_id, target_modules_for(sorted(paths), target_modules, model))
     padded = sorted(p for p, n in paths.items() if vector.factors[n][0].shape[1] < rank)
     info = {
         "format": ADAPTER_FORMAT,

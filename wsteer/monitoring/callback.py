@@ -4,7 +4,7 @@
 paired vector fine-tunes, the task and joint fine-tunes of `train.py`, or any LightningModule holding a
 PEFT-wrapped or LoRA-injected HF model). Every `every_n_steps` training steps it reads the current LoRA
 factors of each monitored adapter, as low-rank factors (B·scaling, A) exactly as
-`wsteer.training.paired.lora_factors` exports them (plus dense deltas of `modules_to_save` copies), and
+`wsteer.lora_layout.lora_factors` exports them (plus dense deltas of `modules_to_save` copies), and
 computes the global cosine to every reference delta in factored form (`wsteer.monitoring.similarity`): no
 dense ΔW is ever built, so it is cheap even for 7B models. The paper tracks cos(w_evil, θ_t − θ_pre) per
 checkpoint; here the same number is logged live.
@@ -23,14 +23,10 @@ from lightning.pytorch.callbacks import Callback
 from peft.tuners.lora import LoraLayer
 
 from wsteer.errors import WsteerError
-from wsteer.monitoring.similarity import (
-    Delta,
-    Entry,
-    LowRank,
-    as_delta,
-    inner_entry,
-    sq_norm_entry,
-)
+from wsteer.lora_layout import base_name, live_factors
+from wsteer.monitoring.deltas import Delta, Entry, LowRank
+from wsteer.monitoring.loading import as_delta
+from wsteer.monitoring.similarity import inner_entry, sq_norm_entry
 from wsteer.vectors import WeightVector
 
 CSV_FIELDS = ("step", "side", "reference", "cosine")
@@ -66,7 +62,7 @@ class LiveLoraDelta(Delta):
         self._lora: dict[str, LoraLayer] = {}
         self._saved: dict[str, tuple[torch.nn.Module, str]] = {}
         for name, module in root.named_modules():
-            name = name.removeprefix("base_model.model.")
+            name = base_name(name)
             if isinstance(module, LoraLayer):
                 if (getattr(module, "use_dora", None) or {}).get(adapter):
                     raise WsteerError(
@@ -92,16 +88,7 @@ class LiveLoraDelta(Delta):
     def entry(self, name: str) -> Entry:
         ad = self.adapter
         if name in self._lora:
-            m = self._lora[name]
-            s = m.scaling[ad]
-            if ad in m.lora_A:
-                b, a = m.lora_B[ad].weight.detach(), m.lora_A[ad].weight.detach()
-                if getattr(m, "fan_in_fan_out", False):
-                    b, a = a.T, b.T  # Conv1D layers store Wᵀ: delta = (B A)ᵀ
-            else:
-                # PEFT Embedding: A (r × vocab), B (dim × r), delta = (B A)ᵀ·s
-                b, a = m.lora_embedding_A[ad].detach().T, m.lora_embedding_B[ad].detach().T
-            return LowRank(b * s, a)
+            return LowRank(*live_factors(self._lora[name], ad))
         wrapper, pname = self._saved[name]
         trained = wrapper.modules_to_save[ad].get_parameter(pname).detach()
         return trained.float() - wrapper.original_module.get_parameter(pname).detach().float()

@@ -16,7 +16,10 @@ import numpy as np
 
 from wsteer.artifacts import write_text
 from wsteer.errors import WsteerError
-from wsteer.monitoring.similarity import Delta, cosine_matrix_and_norms, format_table, heatmap, load_delta
+from wsteer.monitoring.deltas import Delta
+from wsteer.monitoring.loading import load_delta
+from wsteer.monitoring.similarity import cosine_matrix_and_norms
+from wsteer.monitoring.similarity_report import format_table, heatmap
 
 
 def delta_names(paths: list[str | Path]) -> list[str]:
@@ -53,7 +56,7 @@ def compare(
         paths: wsteer `.safetensors` vectors, PEFT adapter folders or dense safetensors deltas (≥ 2).
         out_dir: output folder (created if needed).
         names: display names (default: file stems / folder names).
-        base: base weights for PEFT adapters with `modules_to_save` (see `similarity.as_delta`).
+        base: base weights for PEFT adapters with `modules_to_save` (see `loading.as_delta`).
         title: heatmap title.
 
     Returns:

@@ -25,7 +25,8 @@ from omegaconf import OmegaConf
 from wsteer.artifacts import PROJECT_ROOT, save_figure, write_text
 from wsteer.behaviors import Behavior
 from wsteer.errors import WsteerError
-from wsteer.monitoring.similarity import cosine_matrix, format_table, heatmap
+from wsteer.monitoring.similarity import cosine_matrix
+from wsteer.monitoring.similarity_report import format_table, heatmap
 
 CONF = PROJECT_ROOT / "conf"
 

@@ -6,7 +6,8 @@ its best-by-validation weights (paper App. B: early stopping on a 5% validation 
 
 What is trained is a `ParamPair`: `LoraPair` (PEFT LoRA adapters, for weight steering and task vectors) or
 `BiasPair` (zero-initialised biases on every MLP output projection, for bias-only steering). Training a single
-side (the fine-tuning baseline) is the same module with `sides=("pos",)`.
+side (the fine-tuning baseline) is the same module with `sides=("pos",)`. The LoRA config and the read-out
+of trained factors (`lora_config`, `lora_factors`) are `wsteer.lora_layout`'s, shared with export and monitoring.
 """
 
 from __future__ import annotations
@@ -19,27 +20,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from peft import LoraConfig, get_peft_model
-from peft.tuners.lora import LoraLayer
+from peft import get_peft_model
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from wsteer.errors import WsteerError
+from wsteer.lora_layout import lora_config, lora_factors
 from wsteer.models import mlp_output_projections
-
-
-def lora_config(adapter_cfg) -> LoraConfig:
-    if int(adapter_cfg.r) < 1:
-        raise WsteerError(f"adapter.r must be a positive integer (the paper uses 32); got {adapter_cfg.r}")
-    targets = adapter_cfg.target_modules
-    return LoraConfig(
-        r=int(adapter_cfg.r),
-        lora_alpha=float(adapter_cfg.alpha),
-        lora_dropout=float(adapter_cfg.dropout),
-        target_modules=targets if isinstance(targets, str) else list(targets),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
 
 
 class LoraPair:
@@ -336,16 +323,3 @@ def _alive(pid: int) -> bool:
         return True
     return True
 
-
-def lora_factors(peft_model, side: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """`{param name in the base model: (B·scaling, A)}` for one adapter, so that ΔW = B @ A exactly as PEFT merges it."""
-    out = {}
-    for name, module in peft_model.named_modules():
-        if isinstance(module, LoraLayer) and side in module.lora_A:
-            base_name = name.removeprefix("base_model.model.") + ".weight"
-            a = module.lora_A[side].weight.detach().float().cpu().clone()
-            b = module.lora_B[side].weight.detach().float().cpu().clone() * module.scaling[side]
-            out[base_name] = (b, a)
-    if not out:
-        raise WsteerError(f"adapter {side!r} has no LoRA layers; check adapter.target_modules")
-    return out
