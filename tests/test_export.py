@@ -142,6 +142,19 @@ def test_adapter_folder_is_a_standard_rank_2r_lora_with_scaling_one(setup, tmp_p
     assert not (tmp_path / "c").exists()
 
 
+
+def test_the_monitoring_reads_an_exported_adapter_back_as_exactly_k_w(setup, tmp_path):
+    # export writes and monitoring reads through one layout (wsteer.lora_layout): the round trip gives k·w's
+    # own factors, B bitwise scaled by k and A bitwise, at scale α/r = 1
+    from wsteer.monitoring.loading import load_delta
+
+    _, _, vector = setup
+    delta = load_delta(export_peft_adapter(vector, -2.0, tmp_path / "a", "x"))
+    assert sorted(delta.names()) == sorted(vector.factors)
+    for name, (b, a) in vector.factors.items():
+        entry = delta.entry(name)
+        assert torch.equal(entry.b, b.float() * -2.0) and torch.equal(entry.a, a.float())
+
 PLAIN_PEFT = """
 import json, sys, torch
 from peft import PeftModel
