@@ -170,7 +170,7 @@ def target_modules_for(paths: list[str], target_modules: Iterable[str] | str | N
 
 @dataclass(frozen=True)
 class StoredDelta:
-    """How one base-model parameter's delta is stored in an adapter file.
+    """How one base-model parameter's delta is stored in a safetensors file (an adapter's, or a wsteer vector's).
 
     Low-rank (`key_a` set): delta = scale·B A, or its transpose. Dense: delta = scale·t, or t − base where the
     file holds a trained full weight (`full`).
