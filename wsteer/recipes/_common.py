@@ -16,6 +16,8 @@ from wsteer.config import validate
 from wsteer.context import Context
 from wsteer.errors import WsteerError
 from wsteer.models import fingerprint, load_model
+from wsteer.training.build import SOURCES
+from wsteer.training.builder import MIN_EXAMPLES
 
 # Library deprecation chatter that says nothing about the user's run (Lightning's pytree internals, a
 # transformers rename that PEFT still calls); everything else is left visible.
@@ -66,11 +68,11 @@ def prepare(cfg: DictConfig) -> Context:
 def _may_build_pairs(cfg: DictConfig) -> bool:
     """Whether this run may sample D±: train.py for a vector (or stage=data), steer.py building its vector."""
     if "stage" in cfg and "source" in cfg:  # train.py
-        return cfg.stage == "data" or cfg.source in ("lora", "bias", "activation", "finetune", "joint")
+        return cfg.stage == "data" or cfg.source in (*SOURCES, "joint")
     method = cfg.get("method")
     if "report" in cfg or method is None:  # evaluate.py only applies a given vector=
         return False
-    return not cfg.get("vector") and method.get("source") not in (None, "none") and not isinstance(cfg.get("k"), DictConfig)
+    return not cfg.get("vector") and method.get("artifact") is not None and not isinstance(cfg.get("k"), DictConfig)
 
 
 def check_enough_questions(cfg: DictConfig, behavior: Behavior) -> None:
@@ -80,8 +82,6 @@ def check_enough_questions(cfg: DictConfig, behavior: Behavior) -> None:
     questions × prompts per side × `sampling.n_samples` of them; training needs 4 per side, and `sampling.min_kept`
     (default 4) are needed to keep a dataset at all.
     """
-    from wsteer.training.build import MIN_EXAMPLES
-
     trains = not ("stage" in cfg and cfg.stage == "data") and cfg.get("source") != "joint"
     min_kept = int(cfg.sampling.get("min_kept", 4))
     need = max(min_kept, MIN_EXAMPLES if trains else 0)

@@ -9,7 +9,6 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig
 
 from wsteer.artifacts import write_json, write_text
-from wsteer.config import instantiate
 from wsteer.data.pairs import build_judge
 from wsteer.errors import WsteerError
 from wsteer.evaluation.heldout import NAME as HELDOUT
@@ -20,10 +19,13 @@ from wsteer.evaluation.runner import bootstrap_settings, build_evaluators, run_e
 from wsteer.evaluation.uncertainty import SHOWN, differences_vs_k0, summarize
 from wsteer.recipes._common import Context, merge_base_adapter, prepare
 from wsteer.report import evaluation_section, steering_report
+from wsteer.steering.base import GIVEN, Steerer
 from wsteer.steering.k import check_k
 from wsteer.steering.weight import WeightSteerer
+from wsteer.targets import instantiate, settings, target_class
 from wsteer.tracking import log_by_k, log_generations, log_results, start_run
 from wsteer.training.build import ensure_artifacts
+from wsteer.training.builder import ArtifactBuilder
 from wsteer.vectors import WeightVector, load_vector
 
 
@@ -47,34 +49,47 @@ def answer_heldout(ctx: Context, steerer, ks: list[float]) -> dict[float, list[s
     return answers_by_k(records, ctx.behavior.heldout_questions, ks)
 
 
-METHOD_KEYS = ("source", "which")  # how a method's inputs are built, not constructor arguments
+def method_builder(method: DictConfig) -> ArtifactBuilder | None:
+    """The builder a method names in its YAML (`artifact: {_target_: ...}`), or None for a method that needs no
+    artifact (`artifact: null`, e.g. the system-prompt baseline)."""
+    node = method.get("artifact")
+    if node is None:
+        return None
+    builder = instantiate(node, f"method={method.name}'s artifact")
+    if not isinstance(builder, ArtifactBuilder):
+        raise WsteerError(f"method={method.name}: artifact._target_ {node._target_!r} is not an ArtifactBuilder "
+                          "(wsteer.training.builder)")
+    return builder
+
+
+def method_class(method: DictConfig) -> type[Steerer]:
+    """The Steerer class a method names (`_target_`), imported but not built: checks that need no model."""
+    cls = target_class(method, f"method={method.name}")
+    if not (isinstance(cls, type) and issubclass(cls, Steerer)):
+        raise WsteerError(f"method={method.name}: _target_ {method._target_!r} is not a Steerer (wsteer.steering.base)")
+    return cls
 
 
 def load_steerer(ctx: Context, run=None):
-    """Build the configured method's steerer from a given `vector=` file or the cached/built artifacts."""
+    """Build the configured method's steerer from a given `vector=` file or its builder's cached/built artifacts.
+
+    Returns (steerer, the vector file or cache folder or None, whether the artifacts were built in this call).
+    """
     cfg, m = ctx.cfg, ctx.cfg.method
-    path, built = None, False
-    if m.source == "none":  # prompt-level baseline: nothing to build
-        kwargs = {"pos_prompts": ctx.behavior.pos_system_prompts, "neg_prompts": ctx.behavior.neg_system_prompts}
-    else:
+    builder = method_builder(m)
+    path, built, arts = None, False, {}
+    if builder is not None:
         if cfg.vector:
             path = Path(cfg.vector)
             art = load_vector(path)
             made_by = art.manifest.get("method")
-            if m.source == "finetune" or made_by not in (m.source, "weight" if m.source == "lora" else None):
-                raise WsteerError(f"{path} holds a {made_by!r} artifact, which method={m.name} cannot use; "
-                                  f"pass a vector built with train.py source={m.source} (finetune reads the cache)")
-            arts = {m.get("which") or m.source: art}
+            if not builder.accepts_file(made_by):
+                raise WsteerError(f"{path} holds a {made_by!r} artifact, which method={m.name} cannot use; pass a "
+                                  f"vector built with train.py source={builder.kind} (finetune reads the cache)")
+            arts = {GIVEN: art}
         else:
-            arts, path, built = ensure_artifacts(ctx, m.source, run)
-        if m.source == "finetune":
-            kwargs = {"checkpoints": arts}
-        else:
-            vector = arts[m.get("which") or m.source]
-            if m.get("which") == "neg" and vector.manifest.get("variant") == "tau_neg":
-                vector = vector.scaled(-1.0, variant="minus_tau_neg")  # θ − k·τ⁻
-            kwargs = {"vector": vector}
-    steerer = instantiate(m, exclude=METHOD_KEYS, **kwargs)
+            arts, path, built = ensure_artifacts(ctx, builder, run)
+    steerer = method_class(m).from_artifacts(arts, ctx, **settings(m, exclude=("artifact",)))
     steerer.check_compatible(ctx.model, ctx.fingerprint, allow_transfer=cfg.allow_transfer)
     steerer.behavior_note = behavior_mismatch(steerer.manifest, ctx.behavior.name, path)
     if steerer.behavior_note:
@@ -145,6 +160,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return run_composition(cfg)
     ks = parse_ks(cfg.k)  # fail on a bad k before loading anything
     build_evaluators(cfg)  # a typo in an evaluator's settings fails here, not after training
+    method_class(cfg.method), method_builder(cfg.method)  # so does a method whose classes cannot be built
     if cfg.get("export_gguf") and cfg.method.name not in ("activation", "weight", "task_vector_pos", "task_vector_neg"):
         raise WsteerError(f"export_gguf=true writes a weight vector as a GGUF LoRA or a single-layer activation vector "
                           f"as a control vector; method={cfg.method.name} is neither")
@@ -152,7 +168,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             and cfg.model.get("source") != "gguf"):
         raise WsteerError(f"export_gguf=true needs base_gguf=FILE.gguf for model={cfg.model.name} (convert it with "
                           "llama.cpp's convert_hf_to_gguf.py); the embedded default model needs none")
-    if (cfg.save_model or cfg.export_adapter) and cfg.method.source != "lora":
+    if (cfg.save_model or cfg.export_adapter) and not issubclass(method_class(cfg.method), WeightSteerer):
         raise WsteerError(f"save_model/export_adapter need a weight-vector method (weight, task_vector_pos/neg); "
                           f"method={cfg.method.name} steers otherwise, which a saved model or LoRA cannot hold")
     t_start = time.perf_counter()

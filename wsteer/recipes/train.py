@@ -1,12 +1,10 @@
 """train.py: sample (or reuse) D⁺/D⁻, then build a steering artifact from them (paper §1–2).
 
-Sources (`source=`):
-- `lora`: paired LoRA fine-tunes → τ⁺, τ⁻ and the contrastive weight vector w = τ⁺ − τ⁻ (default);
-- `bias`: paired bias-only fine-tunes of every MLP output projection → Δb = b⁺ − b⁻;
-- `activation`: per-layer mean activation differences over response tokens → aˡ;
-- `finetune`: the paired LoRA fine-tunes with their weights saved every `finetune.checkpoint_every` steps
-  (the fine-tuning baseline's checkpoint curve);
-- `task` / `joint`: a task fine-tune (θ_ft), optionally mixed with up-sampled D⁻ (`wsteer.recipes.task_finetune`).
+`source=` is an artifact kind, built by its builder in `wsteer/training/builders.py` (the one the methods in
+conf/method/ name): `lora` (paired LoRAs → τ⁺, τ⁻, w = τ⁺ − τ⁻; the default), `bias` (Δb = b⁺ − b⁻), `activation`
+(aˡ), `finetune` (the paired LoRAs every `finetune.checkpoint_every` steps). Or a job: `task` / `joint` (a task
+fine-tune θ_ft, optionally mixed with up-sampled D⁻: `wsteer.recipes.task_finetune`), `monitoring` (paper §5).
+A method with a builder of its own builds its artifact on first use in steer.py.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from wsteer.data.pairs import ensure_pairs
 from wsteer.errors import WsteerError
 from wsteer.recipes._common import Context, prepare
 from wsteer.tracking import start_run
-from wsteer.training.build import SOURCES, ensure_artifacts
+from wsteer.training.build import SOURCES, builder_for, ensure_artifacts
 from wsteer.training.trainer import build_trainer
 
 
@@ -62,12 +60,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
             _, summary = train_task(ctx, cfg.source, build_trainer, wb)
             return {"val/best_loss_task": summary["best"]["val_loss"]}
-        artifacts, folder, _ = ensure_artifacts(ctx, cfg.source, wb, force=True)
-        # In the run dir the main artifact is always vector.safetensors (w, Δb or a), next to τ± for LoRA.
-        names = {"contrastive": "vector", "pos": "tau_pos", "neg": "tau_neg", "bias": "vector", "activation": "vector"}
+        builder = builder_for(cfg.source)
+        artifacts, folder, _ = ensure_artifacts(ctx, builder, wb, force=True)
+        # In the run dir the main artifact is vector.safetensors (w, Δb or a), next to τ± for LoRA.
+        names = {name: builder.run_names.get(name, name) for name in artifacts}
         for name, art in artifacts.items():
-            art.save(ctx.out_dir / f"{names.get(name, name)}.safetensors")
-        main = artifacts.get("contrastive") or next(iter(artifacts.values()))
+            art.save(ctx.out_dir / f"{names[name]}.safetensors")
+        main = next((artifacts[n] for n, stem in names.items() if stem == "vector"), next(iter(artifacts.values())))
         write_json(ctx.out_dir / "vector_manifest.json", main.manifest)
         write_json(ctx.out_dir / "timings.json", ctx.timings)
         metrics = {"vector/norm": main.norm()}

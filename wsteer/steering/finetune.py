@@ -28,6 +28,10 @@ class FinetuneSteerer(Steerer):
             raise WsteerError("no fine-tuning checkpoints were saved; set finetune.checkpoint_every ≤ trainer.steps")
         super().__init__(next(iter(self.checkpoints.values())).manifest, name)
 
+    @classmethod
+    def from_artifacts(cls, artifacts, ctx, **settings):
+        return cls(artifacts, **settings)  # every `<side>_step<n>` checkpoint
+
     def steps(self) -> list[int]:
         return sorted({s for _, s in self.checkpoints})
 

@@ -16,6 +16,11 @@ class SystemPromptSteerer(Steerer):
         super().__init__(manifest or {}, name)
         self.prompts = {"pos": pos_prompts[prompt_index], "neg": neg_prompts[prompt_index]}
 
+    @classmethod
+    def from_artifacts(cls, artifacts, ctx, **settings):
+        # no artifact (conf/method/system_prompt.yaml has `artifact: null`): the behavior's own prompts
+        return cls(ctx.behavior.pos_system_prompts, ctx.behavior.neg_system_prompts, **settings)
+
     @contextmanager
     def _steer(self, model, k: float):
         yield model  # the model is untouched; see conversation()

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 
 from wsteer.errors import WsteerError
-from wsteer.steering.base import Steerer
+from wsteer.steering.base import GIVEN, Steerer
 from wsteer.vectors import WeightVector
 
 
@@ -22,6 +22,16 @@ class WeightSteerer(Steerer):
     def __init__(self, vector: WeightVector, name: str = "weight"):
         super().__init__(vector.manifest, name)
         self.vector = vector
+
+    @classmethod
+    def from_artifacts(cls, artifacts, ctx, which: str = "contrastive", **settings):
+        """`which` of the paired LoRAs' artifacts: `contrastive` (w = τ⁺ − τ⁻), `pos` (τ⁺) or `neg` (applied as −τ⁻)."""
+        if which not in ("contrastive", "pos", "neg"):
+            raise WsteerError(f"method.which must be contrastive, pos or neg, got {which!r}")
+        vector = artifacts[GIVEN] if GIVEN in artifacts else artifacts[which]
+        if which == "neg" and vector.manifest.get("variant") == "tau_neg":
+            vector = vector.scaled(-1.0, variant="minus_tau_neg")  # θ − k·τ⁻
+        return cls(vector, **settings)
 
     def check_compatible(self, model, fingerprint: str, allow_transfer: bool = False) -> None:
         super().check_compatible(model, fingerprint, allow_transfer)
