@@ -7,7 +7,8 @@ thread each, closed loop: each client sends its next request when its answer arr
 held-out questions of two behaviors, answered greedily at k = -2 with `--max-new-tokens` tokens.
 
 - `offline_generate_bs<B>`: `wsteer.generation.generate` under `WeightSteerer.apply` with batch size B (= the
-  server's `max_batch_rows`): the baseline; the goal is ≥ 0.8× at 32 clients.
+  server's `max_batch_rows`): the baseline; the goal is ≥ 0.8× at 32 clients. With `--backend llamacpp` the
+  baseline is `offline_llama_cpp_one_at_a_time` (llama-cpp-python alone with the exported GGUF LoRA at scale k).
 - `server_c<C>`: C concurrent clients; `agree` is the share of answers identical to the offline ones (greedy: 1.0).
 - `server_c<C>_mixed_k`: the same, with k cycling over `--mixed-ks` (requests batch only with their own k), next to
   `server_c<C>` (every request at k = -2); the ratio between them is the cost of mixed-k traffic.
@@ -16,6 +17,7 @@ tokens/s counts new tokens including end-of-turn, as `generate` counts them (`us
 
     python bench/serve.py                                   # CPU, SmolLM2-135M (the embedded default)
     python bench/serve.py --arch tiny --max-new-tokens 16   # seconds
+    python bench/serve.py --backend llamacpp --clients 1,8 --requests 16   # llama-cpp-python on the GGUF
 """
 
 from __future__ import annotations
@@ -50,15 +52,23 @@ def library_with(vector, model, arch: str, fp: str) -> Path:
     return cache
 
 
-def start_server(model, tok, cache: Path, arch: str, fp: str, max_batch_rows: int, batch_wait_ms: float):
+def start_server(model, tok, cache: Path, arch: str, fp: str, max_batch_rows: int, batch_wait_ms: float,
+                 backend: str = "hf", base_gguf: Path | None = None, threads: int | None = None):
     import uvicorn
 
     from wsteer.recipes.serve import bind
     from wsteer.serving.app import Settings, build_app
-    from wsteer.serving.engine import HFEngine
     from wsteer.serving.vectors import ServedLibrary
 
-    engine = HFEngine(model, tok, max_batch_rows=max_batch_rows, batch_wait_s=batch_wait_ms / 1000)
+    if backend == "llamacpp":
+        from wsteer.serving.llamacpp import LlamaCppEngine
+
+        engine = LlamaCppEngine(base_gguf, tok, cache / "serving" / "llamacpp", model=model, n_ctx=2048,
+                                n_threads=threads, max_batch_rows=max_batch_rows, batch_wait_s=batch_wait_ms / 1000)
+    else:
+        from wsteer.serving.hf import HFEngine
+
+        engine = HFEngine(model, tok, max_batch_rows=max_batch_rows, batch_wait_s=batch_wait_ms / 1000)
     app = build_app(engine, ServedLibrary(cache, model, fp, arch), Settings(model_id=arch, fingerprint=fp, max_rows=max_batch_rows))
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
@@ -115,6 +125,32 @@ def offline(model, tok, steerer, prompts: list[str], ks: list[float], batch_size
     return answers, tokens, time.perf_counter() - t0
 
 
+def offline_llamacpp(tok, base_gguf: Path, lora: Path, prompts: list[str], ks: list[float], max_new_tokens: int,
+                     threads: int | None):
+    """llama-cpp-python alone, one prompt at a time (it decodes one sequence): `Llama(lora_path, lora_scale=k)` per
+    k and its greedy `create_completion` on the prompt ids the server renders. Tokens: `usage.completion_tokens`
+    (llama-cpp-python does not count the end-of-turn token, so this baseline is slightly flattered)."""
+    from llama_cpp import Llama
+
+    from wsteer.generation import render_prompt
+
+    answers: list[str | None] = [None] * len(prompts)
+    tokens, secs = 0, 0.0
+    for k in dict.fromkeys(ks):
+        llm = Llama(model_path=str(base_gguf), lora_path=str(lora) if k else None, lora_scale=k, n_ctx=2048,
+                    n_threads=threads, seed=0, verbose=False)
+        t0 = time.perf_counter()  # generation only: loading the model per k is not counted
+        for i in (i for i, v in enumerate(ks) if v == k):
+            llm.reset()
+            r = llm.create_completion(prompt=render_prompt(tok, [{"role": "user", "content": prompts[i]}]),
+                                      temperature=0, max_tokens=max_new_tokens)
+            answers[i] = r["choices"][0]["text"].strip()
+            tokens += r["usage"]["completion_tokens"]
+        secs += time.perf_counter() - t0
+        llm.close()
+    return answers, tokens, secs
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=64, help="prompts per pass (held-out questions, repeated)")
@@ -126,6 +162,9 @@ def main() -> None:
     p.add_argument("--batch-wait-ms", type=float, default=10)
     p.add_argument("--k", type=float, default=-2.0)
     p.add_argument("--mixed-ks", default="-2,0,2,4")
+    p.add_argument("--backend", default="hf", choices=("hf", "llamacpp"),
+                   help="llamacpp: the embedded model's GGUF in llama-cpp-python, the vector as a GGUF LoRA; the "
+                   "offline baseline is then llama-cpp-python alone, one prompt at a time")
     args = p.parse_args()
     setup(args)
     model, tok = load(args.arch, args.device)
@@ -140,13 +179,32 @@ def main() -> None:
     mixed = [mixed_set[i % len(mixed_set)] for i in range(len(prompts))]
     levels = [int(c) for c in args.clients.split(",")]
 
-    server, engine, url = start_server(model, tok, cache, args.arch, fp, args.max_batch_rows, args.batch_wait_ms)
+    base_gguf = lora = None
+    if args.backend == "llamacpp":
+        from omegaconf import OmegaConf
+
+        from wsteer.export_gguf import export_gguf_lora
+        from wsteer.models import gguf_path
+
+        if args.arch != "smollm2_135m":
+            p.error("--backend llamacpp needs --arch smollm2_135m (the embedded model's GGUF)")
+        base_gguf = gguf_path(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/model/smollm2_135m.yaml"))
+        lora = export_gguf_lora(vector, cache / "bench_vector.gguf", base_gguf)
+
+        def baseline(ks):
+            return offline_llamacpp(tok, base_gguf, lora, prompts, ks, args.max_new_tokens, args.threads)
+        name = "offline_llama_cpp_one_at_a_time"
+    else:
+        def baseline(ks):
+            return offline(model, tok, steerer, prompts, ks, args.max_batch_rows, args.max_new_tokens)
+        name = f"offline_generate_bs{args.max_batch_rows}"
+    server, engine, url = start_server(model, tok, cache, args.arch, fp, args.max_batch_rows, args.batch_wait_ms,
+                                       args.backend, base_gguf, args.threads)
     try:
         drive(url, args.arch, prompts[:2], single[:2], 2, 4)  # warm-up: first requests pay for imports and allocations
         rows = []
-        want, tokens, secs = offline(model, tok, steerer, prompts, single, args.max_batch_rows, args.max_new_tokens)
-        rows.append({"system": f"offline_generate_bs{args.max_batch_rows}", "tok_per_s": tokens / secs,
-                     "requests": len(prompts), "seconds": secs})
+        want, tokens, secs = baseline(single)
+        rows.append({"system": name, "tok_per_s": tokens / secs, "requests": len(prompts), "seconds": secs})
         for c in levels:
             n = args.single_client_requests if c == 1 else len(prompts)
             before = engine.stats()
@@ -156,7 +214,7 @@ def main() -> None:
                          "agree": sum(a == b for a, b in zip(got, want[:n], strict=True)) / n,
                          "mean_batch_rows": (after["rows"] - before["rows"]) / max(1, after["batches"] - before["batches"])})
         c = max(levels)
-        want_mixed, _, _ = offline(model, tok, steerer, prompts, mixed, args.max_batch_rows, args.max_new_tokens)
+        want_mixed, _, _ = baseline(mixed)
         before = engine.stats()
         got, tokens, secs = drive(url, args.arch, prompts, mixed, c, args.max_new_tokens)
         after = engine.stats()
@@ -168,7 +226,7 @@ def main() -> None:
         server.should_exit = True
         engine.stop()
         shutil.rmtree(cache, ignore_errors=True)
-    report(f"Serving throughput ({args.arch}, {args.device}, greedy, ≤ {args.max_new_tokens} new tokens, "
+    report(f"Serving throughput ({args.arch}, backend {args.backend}, {args.device}, greedy, ≤ {args.max_new_tokens} new tokens, "
            f"torch threads {torch.get_num_threads()})", rows, rows[0]["system"], "tok_per_s", args=args,
            also_vs=f"server_c{c}")
 

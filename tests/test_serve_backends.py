@@ -195,7 +195,7 @@ def test_eight_concurrent_mixed_k_requests_equal_their_answers_sent_one_at_a_tim
         together = list(pool.map(send_together, requests))
     alone = [send(req) for req in requests]
     assert together == alone
-    assert len(set(alone[:5])) == 5  # five steerings of one question... (4 questions cycle: check distinct ks)
+    assert len(set(alone[:5])) == 5  # five different steerings (and prompts): five different answers
 
 
 @needs_llama_cpp
@@ -234,8 +234,8 @@ BAD = [
 def test_a_bad_request_gets_a_400_and_the_next_good_one_succeeds(served, request_, code, words):
     server, _, _ = served
     with pytest.raises(openai.BadRequestError) as info:
-        server.client().chat.completions.create(messages=[{"role": "user", "content": "hello"}], max_tokens=4,
-                                                **request_)
+        server.client().chat.completions.create(**{"messages": [{"role": "user", "content": "hello"}],
+                                                   "max_tokens": 4, **request_})
     err = info.value.body
     assert info.value.status_code == 400 and err["type"] == "invalid_request_error"
     assert err["code"] == code and words in err["message"], err
