@@ -54,4 +54,6 @@ def settings(node: DictConfig, exclude: tuple[str, ...] = ()) -> dict:
 def instantiate(node: DictConfig, what: str, **kwargs):
     """`hydra.utils.instantiate` for a trusted target; run-time objects go in `kwargs`, never into the config."""
     checked_target(node, what)
-    return hydra_instantiate(OmegaConf.create(settings(node) | {"_target_": node._target_}), _partial_=True)(**kwargs)
+    # not recursive: a `_target_` nested in the arguments would be built without the check above
+    node = OmegaConf.create(settings(node) | {"_target_": node._target_})
+    return hydra_instantiate(node, _partial_=True, _recursive_=False)(**kwargs)

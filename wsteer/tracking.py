@@ -37,15 +37,15 @@ def small_config(cfg: DictConfig) -> dict:
 
 
 def start_run(cfg: DictConfig, job_type: str):
-    """Start a W&B run for this job, or return None with `logger=none`.
+    """Start a W&B run for this job (`logger=wandb`, conf/logger/wandb.yaml), or return None with `logger=none`.
 
     A dashboard can use it: one group per Hydra multirun (its sweep folder; else `logger.group`, else the
     experiment), a readable name from the job's overrides, `job_type` (train / steer / evaluate / report), tags for
     behavior, model, method and seed, and a small config (prompt lists as counts and hashes). The config never
     holds secrets (API keys are read from the environment by the components that need them).
     """
-    lc = cfg.logger
-    if lc.name == "none":
+    lc = cfg.get("logger")
+    if not lc:  # logger=none is an empty group (conf/logger/none.yaml)
         return None
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 

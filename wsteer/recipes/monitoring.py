@@ -127,12 +127,11 @@ def run_experiment(ctx, wb=None) -> dict[str, float]:
     for name, data in mon.finetunes.items():  # 2. task fine-tunes with the live monitor and the EM probe
         run_cfg = cfg.copy()
         OmegaConf.set_struct(run_cfg, False)
-        run_cfg = OmegaConf.merge(run_cfg, {"task": {"data": str(PROJECT_ROOT / data)},
-                                        "callbacks": {"enabled": True,
-                                                      "_target_": "wsteer.monitoring.callback.CosineMonitor",
-                                                      "every_n_steps": mon.every_n_steps,
-                                                      "references": {k: str(v) for k, v in vectors.items()},
-                                                      "csv_path": str(out / name / "monitor.csv")}})
+        monitor = {"_target_": "wsteer.monitoring.callback.CosineMonitor", "every_n_steps": mon.every_n_steps,
+                   "references": {k: str(v) for k, v in vectors.items()}, "csv_path": str(out / name / "monitor.csv")}
+        # replaces any configured callbacks: this fine-tune is monitored against the vectors built above
+        run_cfg.callbacks = {"cosine_monitor": monitor}
+        run_cfg = OmegaConf.merge(run_cfg, {"task": {"data": str(PROJECT_ROOT / data)}})
         sub = replace(ctx, cfg=run_cfg, out_dir=out / name)
         sub.out_dir.mkdir(parents=True, exist_ok=True)
         probe = probes[name] = EMProbe(em_questions, ctx.tokenizer, judge, "evil", evil.description,

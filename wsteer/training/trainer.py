@@ -5,11 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig
 
 from wsteer.context import Context
-from wsteer.monitoring.callback import callbacks_from_cfg
+from wsteer.monitoring.callback import CosineMonitor
+from wsteer.targets import instantiate
 from wsteer.training.paired import ResumeCheckpoint
+
+
+def instantiate_callbacks(cfg: DictConfig, out_dir: Path) -> list[Callback]:
+    """The training callbacks of `cfg.callbacks`: a dict name → `{_target_: ..., ...}` (conf/callbacks/), every
+    node with a `_target_` built; other entries are settings that the nodes interpolate (`callbacks=none`: {})."""
+    out = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            cb = instantiate(node, f"callbacks.{name}")
+            if isinstance(cb, CosineMonitor) and cb.csv_path is None:
+                cb.csv_path = Path(out_dir) / "monitor.csv"  # `csv_path: null` means the run dir's monitor.csv
+            out.append(cb)
+    return out
 
 
 def strategy(t):
@@ -35,7 +51,7 @@ def build_trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None 
     loggers = [CSVLogger(str(ctx.out_dir), name="train_log")]
     if run is not None:
         loggers.append(WandbLogger(experiment=run))
-    callbacks = callbacks_from_cfg(ctx.cfg.get("callbacks"), ctx.out_dir)
+    callbacks = instantiate_callbacks(ctx.cfg, ctx.out_dir)
     if resume_ckpt is not None:
         callbacks = [*callbacks, ResumeCheckpoint(resume_ckpt)]
     return L.Trainer(
