@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1] / "wsteer"
 MAX_LINES = 400
 # Modules already over the limit when the check was added; each is to be split by concept (issue 15). The list
 # may only shrink: a new module over the limit, or a listed one that grew, fails.
-OVERSIZED = {"wsteer.evaluation.gcd": 517, "wsteer.evaluation.datasets": 461, "wsteer.judges.openai_judge": 450}
+OVERSIZED = {"wsteer.evaluation.datasets": 461}
 
 
 def _modules() -> dict[str, Path]:

@@ -23,13 +23,9 @@ from wsteer.errors import WsteerError
 from wsteer.judges.base import Judge, JudgeItem, Verdict, VerdictCache
 from wsteer.judges.filtering import filter_pairs
 from wsteer.judges.none import NoneJudge
-from wsteer.judges.openai_judge import (
-    OpenAIJudge,
-    load_prompts,
-    score_from_text,
-    score_from_top_logprobs,
-    usable,
-)
+from wsteer.judges.openai_judge import OpenAIJudge, usable
+from wsteer.judges.prompt_files import load_prompts
+from wsteer.judges.responses import score_from_text, score_from_top_logprobs
 from wsteer.judges.rules import RulesJudge
 
 HAS_SERVER = all(importlib.util.find_spec(m) is not None for m in ("llama_cpp", "uvicorn", "fastapi"))

@@ -10,10 +10,7 @@ a resumed run never pays twice.
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
-import re
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -21,17 +18,20 @@ from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
-import yaml
 from tqdm import tqdm
 
 from wsteer.errors import WsteerError
 from wsteer.judges.base import Judge, JudgeItem, Verdict, VerdictCache, resolve_thresholds
+from wsteer.judges.prompt_files import load_prompts
+from wsteer.judges.responses import (
+    MIN_NUMERIC_MASS,
+    reply_text,
+    score_from_text,
+    score_from_top_logprobs,
+    top_logprobs,
+)
 
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
-DEFAULT_PROMPTS = "trait_coherence"
 PLACEHOLDER_KEY = "sk-no-key"  # local OpenAI-compatible servers ignore the key, but the client insists on one
-MIN_NUMERIC_MASS = 0.25  # below this the judge was not really answering with a number (persona-vectors rule)
-_INT = re.compile(r"(?<![\d.])(\d{1,3})(?![\d.])")
 
 
 class _Aborted(Exception):
@@ -44,119 +44,6 @@ class _DeadlineExceeded(Exception):
     The HTTP client's own timeout bounds each read only, so a server that trickles its reply a byte at a time
     would keep a request alive for ever; this bound is on the whole request.
     """
-
-
-def resolve_prompts_path(prompts: str | os.PathLike | None) -> Path:
-    """Find a prompt YAML: ``None`` → the packaged default; an existing path; else a packaged name.
-
-    Relative paths are taken from the current directory (Hydra runs with ``chdir: false``); a bare name such as
-    ``trait_coherence`` (with or without ``.yaml``) refers to ``wsteer/judges/prompts/``.
-    """
-    if prompts is None:
-        prompts = DEFAULT_PROMPTS
-    path = Path(prompts).expanduser()
-    if path.is_file():
-        return path
-    for candidate in (PROMPTS_DIR / str(prompts), PROMPTS_DIR / f"{prompts}.yaml"):
-        if candidate.is_file():
-            return candidate
-    packaged = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
-    raise WsteerError(f"judge prompts {str(prompts)!r} not found: give a YAML path or one of {packaged}")
-
-
-def load_prompts(prompts: str | os.PathLike | None) -> tuple[Path, str, dict[str, str]]:
-    """Return ``(path, version, {"trait": template, "coherence": template})``.
-
-    The version is the file's ``version`` plus a short hash of both templates, so editing a template without
-    bumping ``version`` still invalidates cached verdicts.
-    """
-    path = resolve_prompts_path(prompts)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise WsteerError(f"judge prompts {path} are unreadable ({e.__class__.__name__}: {e})") from e
-    if not isinstance(data, dict) or "version" not in data:
-        raise WsteerError(f"judge prompts {path} need a `version` and `trait`/`coherence` templates")
-    templates = {}
-    dummy = {f: "x" for f in JudgeItem.__dataclass_fields__}
-    for which in ("trait", "coherence"):
-        template = data.get(which)
-        if not isinstance(template, str) or not template.strip():
-            raise WsteerError(f"judge prompts {path} have no `{which}` template")
-        try:
-            template.format(**dummy)
-        except (KeyError, IndexError, ValueError) as e:
-            raise WsteerError(
-                f"judge prompt `{which}` in {path} has a bad placeholder ({e!r}); use only "
-                f"{{behavior}}, {{trait_description}}, {{question}}, {{answer}} (write literal braces as {{{{ }}}})"
-            ) from e
-        templates[which] = template
-    digest = hashlib.sha256((templates["trait"] + "\0" + templates["coherence"]).encode()).hexdigest()[:8]
-    return path, f"{data['version']}-{digest}", templates
-
-
-def score_from_top_logprobs(top: dict[str, float], min_mass: float = MIN_NUMERIC_MASS) -> float | None:
-    """Probability-weighted mean of the integer tokens 0–100 among ``{token: logprob}``.
-
-    Returns ``None`` when those tokens hold less than 25% of the probability: then the judge was mostly not
-    answering with a number, and its score would be noise.
-    """
-    mass = total = 0.0
-    for token, logprob in top.items():
-        text = token.strip()
-        if not (text.isascii() and text.isdigit()) or int(text) > 100:
-            continue
-        p = math.exp(logprob)
-        mass += p
-        total += p * int(text)
-    return total / mass if mass > 0 and mass >= min_mass else None
-
-
-def score_from_text(text: str | None) -> float | None:
-    """The first integer 0–100 in a short reply, or ``None``."""
-    for match in _INT.finditer(text or ""):
-        value = int(match.group(1))
-        if value <= 100:
-            return float(value)
-    return None
-
-
-def _top_logprobs(response) -> dict[str, float] | None:
-    """``{token: logprob}`` for the first generated token, or ``None`` if the response carries no (well-formed)
-    logprobs."""
-    choices = getattr(response, "choices", None)
-    if not choices:
-        return None
-    logprobs = getattr(choices[0], "logprobs", None)
-    content = getattr(logprobs, "content", None) if logprobs is not None else None
-    if not content:
-        return None
-    first = content[0]
-    top: dict[str, float] = {}
-    try:
-        for entry in getattr(first, "top_logprobs", None) or [first]:  # no alternatives listed: the sampled token
-            # The same text can come back twice (different token ids); its probabilities add up.
-            top[entry.token] = math.log(math.exp(top.get(entry.token, -math.inf)) + math.exp(entry.logprob))
-    except (AttributeError, TypeError, ValueError, OverflowError):
-        return None  # logprobs in a shape we cannot read: parse the text reply instead
-    return top or None
-
-
-def _reply_text(response, base_url: str) -> str:
-    """The text of a chat completion's first choice; a reply without ``choices[0].message`` is refused.
-
-    Such a reply (no ``choices``, an empty list, or the legacy completions schema with ``text``) is not a
-    chat completion at all: the endpoint is misconfigured, and no verdict is made from it (so none is cached).
-    """
-    choices = getattr(response, "choices", None)
-    message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
-    content = getattr(message, "content", "") if message is not None else None
-    if message is None or not (content is None or isinstance(content, str)):
-        shape = ("no choices" if not choices else "choices[0] has no message")
-        raise WsteerError(
-            f"judge endpoint {base_url} answered with something that is not a chat completion ({shape}); point "
-            "judge.base_url at an OpenAI-compatible chat-completions API root (…/v1); nothing was cached from it")
-    return content or ""
 
 
 def usable(verdict: Verdict | None) -> bool:
@@ -314,7 +201,7 @@ class OpenAIJudge(Judge):
                 response = self._create(messages, max_tokens=1, logprobs=True, top_logprobs=20)
             except self._openai.BadRequestError:
                 response = None  # the endpoint rejects logprob requests: parse text from now on
-            top = _top_logprobs(response) if response is not None else None
+            top = top_logprobs(response) if response is not None else None
             if top is not None:
                 score = score_from_top_logprobs(top, self.min_numeric_mass)
                 if score is None:
@@ -329,7 +216,7 @@ class OpenAIJudge(Judge):
                 f"judge endpoint {self.base_url} rejected a request for model {self.model!r} "
                 f"(HTTP 400: {e.message}); check judge.model and judge.prompts"
             ) from e
-        text = _reply_text(response, self.base_url)
+        text = reply_text(response, self.base_url)
         score = score_from_text(text)
         if score is None:
             self.last_unparsed = text[:80] if text.strip() else "(an empty reply)"
