@@ -29,6 +29,21 @@ def test_monitoring_experiment_writes_heatmaps_curves_and_em_answers_per_checkpo
         assert len(probe) == 2 * 8 and all(r["trait"] is None for r in probe)  # judge=none: recorded, unscored
     assert "Unjudged (judge=none)" in report
 
+    # the reproduction report keeps this run's cosines and curves (docs/reproduction.md, C6): the same numbers
+    from omegaconf import OmegaConf
+
+    from wsteer.reproduction.data import load
+    from wsteer.reproduction.monitoring import export_monitoring
+
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # a Hydra job dir, as `train.py -m` leaves it
+    mon = load(export_monitoring(out, out / "monitoring.json", ["train.py …"], cache_dir=cfg.paths.cache_dir))
+    assert mon.meta["seeds"] == [0]
+    assert abs(mon.cos("0", "w_evil", "τ_bad_advice") - results["cos/w_evil/τ_bad_advice"]) < 1e-6
+    assert abs(mon.cos("0", "w_french", "τ_control") - results["cos/w_french/τ_control"]) < 1e-6
+    curve = sorted(mon.seeds["0"]["curves"]["bad_advice"]["evil"])
+    assert [p[0] for p in curve] == [2, 4]
+
 
 def test_em_probe_summary_counts_misaligned_among_coherent_answers():
     from wsteer.monitoring.em_probe import EMProbe

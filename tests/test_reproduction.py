@@ -135,3 +135,25 @@ def test_bad_inputs_get_one_clear_error(tmp_path, capsys):
     with pytest.raises(WsteerError, match="no reproduction block"):
         build(tmp_path / "r.md", ROOT / "docs" / "reproduction", tmp_path / "README.md", figures=False)
     assert README_START and README_END
+
+
+def test_c6_checks_use_seeds_as_units_with_a_t_interval(tmp_path):
+    from wsteer.reproduction.monitoring import FORMAT, seed_t
+
+    e = seed_t([0.10, 0.12, 0.14])
+    assert e.value == pytest.approx(0.12) and e.n_seeds == 3
+    assert e.high - e.value == pytest.approx(4.303 * 0.02 / 3 ** 0.5)  # t(0.975, 2 df) · sd / √n
+    assert seed_t([0.1]).low == float("-inf")  # one seed: no interval, never "resolved"
+
+    def seed(bad: float, control: float, rise: float) -> dict:
+        cos = {"w_evil|τ_bad_advice": bad, "w_evil|τ_control": control, "w_evil|w_bad_advice": 0.14,
+               "w_evil|w_french": 0.04, "w_bad_advice|w_french": 0.06}
+        curves = {"bad_advice": {"evil": [[2, 0.02], [20, 0.02 + rise]]}, "control": {"evil": [[2, 0.0], [20, 0.0]]}}
+        return {"cos": cos, "curves": curves}
+
+    raw = {"meta": {"format": FORMAT, "name": "monitoring", "seeds": [0, 1, 2]},
+           "seeds": {"0": seed(0.10, -0.03, 0.05), "1": seed(0.11, -0.02, 0.06), "2": seed(0.09, -0.04, -0.01)}}
+    (tmp_path / "monitoring.json").write_text(json.dumps(raw))
+    checks = C.c6_checks(load(tmp_path / "monitoring.json"))
+    assert [c.status for c in checks] == ["holds", "holds", "unresolved", "unresolved"]
+    assert C.verdict(checks) == C.INCONCLUSIVE

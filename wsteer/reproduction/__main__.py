@@ -19,6 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--command", action="append", required=True, help="the command(s) that ran the sweep; repeat")
     ex.add_argument("--notes", default="", help="one paragraph on the setting (reused items, interruptions)")
     ex.add_argument("--out-dir", default="docs/reproduction")
+    em = sub.add_parser("export-monitoring", help="keep a finished monitoring sweep's cosines and curves as "
+                        "docs/reproduction/monitoring.json")
+    em.add_argument("sweep_dir")
+    em.add_argument("--command", action="append", required=True, help="the command(s) that ran the sweep; repeat")
+    em.add_argument("--notes", default="")
+    em.add_argument("--cache-dir", default="~/.cache/wsteer", help="where the sweep's vectors are cached")
+    em.add_argument("--out-dir", default="docs/reproduction")
     bd = sub.add_parser("build", help="regenerate docs/reproduction.md, its figures and the README table")
     bd.add_argument("--doc", default="docs/reproduction.md")
     bd.add_argument("--data-dir", default="docs/reproduction")
@@ -30,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
             out = export(args.sweep_dir, Path(args.out_dir) / f"{args.name}.json", args.name, args.metric,
                          args.command, args.notes)
+            print(f"wsteer: wrote {out}")
+        elif args.cmd == "export-monitoring":
+            from wsteer.reproduction.monitoring import export_monitoring
+
+            out = export_monitoring(args.sweep_dir, Path(args.out_dir) / "monitoring.json", args.command,
+                                    args.notes, args.cache_dir)
             print(f"wsteer: wrote {out}")
         else:
             from wsteer.reproduction.report import build

@@ -50,7 +50,7 @@ class Claim:
     statement: str
     experiment: str  # the results file's stem under docs/reproduction/
     planned: str  # the command (or what has to happen first) while no results are committed
-    checks: Callable[[Experiment], list[Check]] | None = None
+    checks: Callable[..., list[Check]] | None = None  # (Experiment | Monitoring) -> checks
     figure: dict = field(default_factory=dict)  # {"behavior": metric, "capability": metric, "methods": [...]}
     table_metrics: tuple[str, ...] = ()
 
@@ -129,20 +129,51 @@ def c2_checks(exp: Experiment) -> list[Check]:
     return out
 
 
-SYCOPHANCY_CMD = ("python steer.py -m experiment=sycophancy seed=0,1,2 "
-                  "method=weight,activation,activation_all_layers 'k=[-4,-2,-1,2,4]' "
-                  "evaluator.factual_qa.limit=150 logger=none hydra.sweep.dir=multirun/steer/repro-sycophancy")
+# ---- monitoring (paper §5, Figs 8, 9, 36) ---------------------------------------------------------------------
+
+def c6_checks(mon) -> list[Check]:
+    """Seeds are the units (each seed builds its own vectors and fine-tunes); w_evil against τ_bad_advice is a
+    cross-domain pair (persona data against advice data), as in the paper's Fig 8."""
+    return [
+        Check("cos(τ_bad_advice, w_evil) − cos(τ_control, w_evil)", "> 0",
+              mon.per_seed(lambda s: mon.cos(s, "w_evil", "τ_bad_advice") - mon.cos(s, "w_evil", "τ_control"))),
+        Check("evil-direction vectors closer to each other than to the control: cos(w_evil, w_bad_advice) − "
+              "mean of their cosines to w_french", "> 0",
+              mon.per_seed(lambda s: mon.cos(s, "w_evil", "w_bad_advice")
+                           - (mon.cos(s, "w_evil", "w_french") + mon.cos(s, "w_bad_advice", "w_french")) / 2)),
+        Check("cos(θ_t − θ_0, w_evil) rises during the bad-advice fine-tune: last − first monitored step", "> 0",
+              mon.per_seed(lambda s: mon.rise(s, "bad_advice", "evil"))),
+        Check("… and rises more than during the control fine-tune", "> 0",
+              mon.per_seed(lambda s: mon.rise(s, "bad_advice", "evil") - mon.rise(s, "control", "evil"))),
+    ]
+
+
+_SYC = "python steer.py -m experiment=sycophancy seed=0,1,2 evaluator.factual_qa.limit=150 logger=none"
+SYCOPHANCY_CMDS = [  # one sweep per method, each with the k grid it needs; items are shared through the item store
+    f"{_SYC} method=weight 'k=[-4,-2,-1,2]' hydra.sweep.dir=multirun/repro/sycophancy/weight",
+    f"{_SYC} method=activation 'k=[-4,-2,-1,2,4]' hydra.sweep.dir=multirun/repro/sycophancy/activation",
+    f"{_SYC} method=activation_all_layers 'k=[-2,2,4]' "
+    "hydra.sweep.dir=multirun/repro/sycophancy/activation_all_layers",
+    "python -m wsteer.reproduction export multirun/repro/sycophancy --name sycophancy --metric "
+    "factual_qa/non_sycophancy --metric factual_qa/accuracy --metric mmlu/accuracy --command ...",
+]
+MONITORING_CMDS = [
+    "python train.py -m experiment=monitoring seed=0,1,2 +monitoring.em_every_n_steps=20 logger=none "
+    "hydra.sweep.dir=multirun/repro/monitoring",
+    "python -m wsteer.reproduction export-monitoring multirun/repro/monitoring --command ...",
+]
+SYCOPHANCY_PLAN = " && ".join(f"`{c}`" for c in SYCOPHANCY_CMDS[:3])
 
 CLAIMS = [
     Claim("C1", "Sycophancy through the weights", "§4.1.1, Fig 2",
           "k < 0 through the weights raises non-sycophancy more than single-layer activation steering at the same "
           "loss of plain accuracy; towards k > 0 every method works, and weights go further.",
-          "sycophancy", f"`{SYCOPHANCY_CMD}`", c1_checks,
+          "sycophancy", SYCOPHANCY_PLAN, c1_checks,
           {"behavior": NS, "capability": ACC, "methods": ["weight", "activation"]},
           (NS, ACC, "mmlu/accuracy")),
     Claim("C2", "All-layer activation steering", "§4.1.1",
           "All-layer activation steering (aˡ − aˡ⁻¹ at every layer) cannot raise sycophancy; it only degrades.",
-          "sycophancy", f"`{SYCOPHANCY_CMD}`", c2_checks,
+          "sycophancy", SYCOPHANCY_PLAN, c2_checks,
           {"behavior": NS, "capability": ACC, "methods": ["activation_all_layers", "weight"]},
           (NS, ACC, "mmlu/accuracy")),
     Claim("C3", "Sycophancy after a GCD task fine-tune", "§4.1.2, Fig 3",
@@ -168,5 +199,5 @@ CLAIMS = [
     Claim("C6", "Monitoring fine-tunes with behavior vectors", "§5, Figs 8, 9, 36",
           "cos(τ of a bad-advice fine-tune, w_evil) exceeds the controls' cosines; evil vectors are closer to each "
           "other than to the control vector; the cosine rises during a bad-advice fine-tune.",
-          "monitoring", "`python train.py experiment=monitoring seed=0,1,2`"),
+          "monitoring", f"`{MONITORING_CMDS[0]}`", c6_checks, {"kind": "monitoring"}),
 ]

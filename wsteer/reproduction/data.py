@@ -19,6 +19,7 @@ from pathlib import Path
 from wsteer.artifacts import git_commit, write_json
 from wsteer.errors import WsteerError
 from wsteer.evaluation.uncertainty import Estimate, paired_seed_difference, seed_estimate
+from wsteer.reproduction import monitoring
 
 FORMAT = 1
 NOT_SCORED = "-"  # an item this setting did not score (null is a scored item where the metric is undefined)
@@ -125,16 +126,21 @@ def export(sweep_dir: str | Path, out: str | Path, name: str, metrics: list[str]
     return Path(out)
 
 
-def load(path: str | Path) -> Experiment:
+def load(path: str | Path):
+    """An `Experiment` (per-item scores) or, for the monitoring experiment, a `monitoring.Monitoring`."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        meta, items = raw["meta"], raw["items"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise WsteerError(f"{path} is not a reproduction results file ({e}); re-export it with "
+        meta = raw["meta"]
+        if meta.get("format") == monitoring.FORMAT:
+            return monitoring.load_monitoring(raw, meta.get("name", path.stem))
+        items = raw["items"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise WsteerError(f"{path} is not a reproduction results file ({e!r}); re-export it with "
                           "`python -m wsteer.reproduction export`") from None
     if meta.get("format") != FORMAT:
-        raise WsteerError(f"{path} has format {meta.get('format')!r}; this wsteer reads format {FORMAT}")
+        raise WsteerError(f"{path} has format {meta.get('format')!r}; this wsteer reads format {FORMAT} and "
+                          f"{monitoring.FORMAT!r}")
     rows: dict[tuple[str, float], Row] = {}
     for r in raw["rows"]:
         row = rows.setdefault((r["method"], float(r["k"])), Row(r["method"], float(r["k"])))

@@ -1,0 +1,180 @@
+"""Committed results of the monitoring experiment (paper §5) across training seeds, and its claim checks.
+
+The unit of replication here is the training seed: every seed builds its own w_evil, w_bad_advice, w_french and
+its own two fine-tunes, so a seed's cosines are one observation. Differences are paired within a seed and their
+95% interval is Student's t over seeds (few seeds give a wide interval on purpose: there is no item level to
+resample).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from safetensors import safe_open
+
+from wsteer.artifacts import git_commit, write_json
+from wsteer.errors import WsteerError
+from wsteer.evaluation.uncertainty import Estimate
+
+FORMAT = "monitoring/1"
+SHOWN = ("Cells are global cosines over all parameters (paper §5), one row per training seed. Δ are per-seed "
+         "paired differences; the interval is Student's t over seeds (95%), so it carries the vectors' and the "
+         "fine-tunes' seed-to-seed variance only.")
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def seed_t(diffs: list[float]) -> Estimate | None:
+    """Mean of per-seed differences with a Student-t 95% interval over seeds."""
+    n = len(diffs)
+    if n == 0:
+        return None
+    mean = statistics.fmean(diffs)
+    if n == 1:
+        return Estimate(mean, math.nan, -math.inf, math.inf, 1, "one seed")
+    se = statistics.stdev(diffs) / math.sqrt(n)
+    half = T975.get(n - 1, 1.96) * se
+    return Estimate(mean, se, mean - half, mean + half, n, "t over seeds", n)
+
+
+def _manifest(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("manifest", "{}"))
+
+
+def _vector(cache: Path, fingerprint: str, behavior: str, seed: int, data_seed: int, artifact: str) -> Path:
+    """The one complete cached LoRA vector of `behavior` built with this seed on this base."""
+    found = []
+    for done in sorted((cache / "vectors").glob(f"*/{behavior}/lora/*/COMPLETE")):
+        path = done.parent / f"{artifact}.safetensors"
+        if path.is_file():
+            m = _manifest(path)
+            if (m.get("base_fingerprint") == fingerprint and m.get("seed") == seed
+                    and m.get("data_seed") == data_seed):
+                found.append(path)
+    if len(found) != 1:
+        raise WsteerError(f"expected one cached {behavior} vector for seed {seed} on base {fingerprint[:12]} under "
+                          f"{cache}/vectors, found {len(found)}: {[str(p) for p in found]}")
+    return found[0]
+
+
+def export_monitoring(sweep_dir: str | Path, out: str | Path, commands: list[str], notes: str = "",
+                      cache_dir: str | Path = "~/.cache/wsteer") -> Path:
+    """Cosines (within each seed and across seeds) and the monitor's curves of a finished
+    `train.py -m experiment=monitoring seed=…` sweep, as JSON."""
+    from wsteer.monitoring.similarity import cosine, cosine_matrix
+
+    cache, root = Path(cache_dir).expanduser(), Path(sweep_dir)
+    seeds: dict[str, dict] = {}
+    w_by_seed: dict[str, dict[str, Path]] = {}
+    for cfg_file in sorted(root.glob("**/.hydra/config.yaml")):
+        job, cfg = cfg_file.parent.parent, OmegaConf.load(cfg_file)
+        if cfg.get("source") != "monitoring" or not (job / "monitoring.md").is_file():
+            continue  # another kind of job, or one that did not finish
+        seed, fp = int(cfg.seed), _manifest_fingerprint(job, cache, cfg)
+        w = {v: _vector(cache, fp, v, seed, int(cfg.data_seed), "contrastive") for v in cfg.monitoring.vectors}
+        tau = {f: job / f / "adapter" / "task" for f in cfg.monitoring.finetunes}
+        deltas = {f"w_{k}": p for k, p in w.items()} | {f"τ_{k}": p for k, p in tau.items()}
+        names, m = cosine_matrix(deltas)
+        curves: dict[str, dict[str, list]] = {}
+        for f in cfg.monitoring.finetunes:
+            for r in csv.DictReader((job / f / "monitor.csv").open(encoding="utf-8")):
+                curves.setdefault(f, {}).setdefault(r["reference"], []).append([int(r["step"]),
+                                                                                 round(float(r["cosine"]), 6)])
+        seeds[str(seed)] = {"cos": {f"{a}|{b}": round(float(m[i][j]), 6) for i, a in enumerate(names)
+                                    for j, b in enumerate(names) if i < j}, "curves": curves}
+        w_by_seed[str(seed)] = w
+    if not seeds:
+        raise WsteerError(f"no finished monitoring jobs under {sweep_dir} (looked for */.hydra/config.yaml with "
+                          "source=monitoring and a monitoring.md)")
+    cross: dict[str, float] = {}
+    ids = sorted(w_by_seed, key=int)
+    for i, s in enumerate(ids):
+        for t in ids[i + 1:]:
+            for v in w_by_seed[s]:
+                cross[f"w_{v}@{s}|w_{v}@{t}"] = round(float(cosine(w_by_seed[s][v], w_by_seed[t][v])), 6)
+    ends = [p.stat().st_mtime for p in root.glob("**/monitoring.md")]
+    starts = [p.stat().st_mtime for p in root.glob("**/.hydra/config.yaml")]
+    meta = {"format": FORMAT, "name": "monitoring", "commands": commands, "notes": notes,
+            "seeds": [int(s) for s in ids], "n_items": {"training seeds": len(ids)},
+            "sweep_wall_s": round(max(ends) - min(starts)), "finished": time.strftime("%Y-%m-%d",
+                                                                                      time.gmtime(max(ends))),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "commit": git_commit()}
+    write_json(out, {"meta": meta, "seeds": seeds, "cross_seed": cross})
+    return Path(out)
+
+
+def _manifest_fingerprint(job: Path, cache: Path, cfg) -> str:
+    """The base fingerprint, from any vector the job reused or built (all share the base)."""
+    for done in sorted((cache / "vectors").glob(f"{cfg.model.name}-*/*/lora/*/COMPLETE")):
+        fp = _manifest(done.parent / "contrastive.safetensors").get("base_fingerprint")
+        if fp:
+            return fp
+    raise WsteerError(f"no cached vector of {cfg.model.name} under {cache}/vectors for job {job}")
+
+
+@dataclass
+class Monitoring:
+    name: str
+    meta: dict
+    seeds: dict[str, dict]
+    cross: dict[str, float]
+
+    def cos(self, seed: str, a: str, b: str) -> float:
+        c = self.seeds[seed]["cos"]
+        return c[f"{a}|{b}"] if f"{a}|{b}" in c else c[f"{b}|{a}"]
+
+    def per_seed(self, f) -> Estimate | None:
+        return seed_t([f(s) for s in sorted(self.seeds, key=int)])
+
+    def rise(self, seed: str, finetune: str, ref: str) -> float:
+        pts = sorted(self.seeds[seed]["curves"][finetune][ref])
+        return pts[-1][1] - pts[0][1]
+
+
+def load_monitoring(raw: dict, name: str) -> Monitoring:
+    return Monitoring(name, raw["meta"], raw["seeds"], raw.get("cross_seed", {}))
+
+
+def table(mon: Monitoring) -> list[str]:
+    pairs = [("w_evil", "τ_bad_advice"), ("w_evil", "τ_control"), ("w_evil", "w_bad_advice"),
+             ("w_evil", "w_french"), ("w_bad_advice", "w_french")]
+    lines = ["| seed | " + " | ".join(f"cos({a}, {b})" for a, b in pairs) + " |", "|---|" + "---|" * len(pairs)]
+    for s in sorted(mon.seeds, key=int):
+        lines.append(f"| {s} | " + " | ".join(f"{mon.cos(s, a, b):+.3f}" for a, b in pairs) + " |")
+    if mon.cross:
+        lines += ["", "Across seeds (same behavior, different training seed): " + ", ".join(
+            f"cos({k.replace('|', ', ')}) = {v:+.3f}" for k, v in mon.cross.items()) + "."]
+    return lines
+
+
+def figure(mon: Monitoring, path: Path, ref: str = "evil") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wsteer.artifacts import save_figure
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, f in enumerate(sorted({f for s in mon.seeds.values() for f in s["curves"]})):
+        for j, s in enumerate(sorted(mon.seeds, key=int)):
+            pts = sorted(mon.seeds[s]["curves"][f][ref])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=plt.get_cmap("tab10")(i), alpha=0.8,
+                    marker="o", ms=3, label=f"τ_{f}" if j == 0 else None)
+    ax.axhline(0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"cos(θ_t − θ_0, w_{ref})")
+    ax.set_title(f"C6: cosine to w_{ref} during fine-tuning ({len(mon.seeds)} seeds, one line each)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
