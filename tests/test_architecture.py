@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1] / "wsteer"
 MAX_LINES = 400
 # Modules already over the limit when the check was added; each is to be split by concept (issue 15). The list
 # may only shrink: a new module over the limit, or a listed one that grew, fails.
-OVERSIZED = {"wsteer.evaluation.datasets": 461}
+OVERSIZED: dict[str, int] = {}
 
 
 def _modules() -> dict[str, Path]:

@@ -1,4 +1,5 @@
-"""The evaluation datasets (wsteer.evaluation.datasets): schemas, determinism, balance, answer extraction, errors."""
+"""The shipped evaluation sets (dataset nodes in conf/evaluator/*.yaml, loaders in wsteer.evaluation.datasets):
+schemas, determinism, balance, answer extraction, errors."""
 
 from __future__ import annotations
 
@@ -9,8 +10,24 @@ import pytest
 
 from wsteer.errors import WsteerError
 from wsteer.evaluation import datasets as D
+from wsteer.evaluation.factual_qa import FactualQA
+from wsteer.evaluation.gsm8k import GSM8K, gsm8k_answer
+from wsteer.evaluation.mmlu import MMLU
+from wsteer.evaluation.safety import Safety
 
 QA_KEYS = {"id", "question", "correct", "incorrect", "aliases", "incorrect_aliases"}
+
+
+def _qa(source="ours", **kw):
+    return FactualQA(source=source, **kw).items()
+
+
+def _harmful(source, **kw):
+    return Safety(source=source, **kw).items()
+
+
+def _gsm8k(split="test"):
+    return GSM8K(source=split).items()
 
 
 def _ids_unique(items):
@@ -24,7 +41,7 @@ def _ids_unique(items):
 
 @pytest.mark.parametrize("source", ["ours", "truthfulqa"])
 def test_factual_qa_schema(source):
-    items = D.factual_qa(source)
+    items = _qa(source)
     _ids_unique(items)
     for it in items:
         assert QA_KEYS <= set(it)
@@ -34,7 +51,7 @@ def test_factual_qa_schema(source):
 
 
 def test_our_qa_set_is_sound():
-    items = D.factual_qa("ours")
+    items = _qa("ours")
     questions = {it["question"] for it in items}
     assert len(questions) == len(items) >= 200
     for it in items:
@@ -45,21 +62,17 @@ def test_our_qa_set_is_sound():
                 assert a.lower() not in b.lower() and b.lower() not in a.lower(), (it["id"], a, b)
 
 
-def test_factual_qa_limit_is_seeded_and_in_file_order():
-    full = D.factual_qa("ours")
-    a, b, c = (
-        D.factual_qa("ours", limit=20, seed=1),
-        D.factual_qa("ours", limit=20, seed=1),
-        D.factual_qa("ours", limit=20, seed=2),
-    )
+def test_take_is_seeded_and_in_file_order():
+    full = _qa("ours")
+    a, b, c = D.take(full, 20, 1), D.take(full, 20, 1), D.take(full, 20, 2)
     assert a == b and a != c and len(a) == 20
     pos = {it["id"]: i for i, it in enumerate(full)}
     assert [pos[it["id"]] for it in a] == sorted(pos[it["id"]] for it in a)
-    assert D.factual_qa("ours", limit=10_000) == full
+    assert D.take(full, 10_000, 0) == full
 
 
 def test_truthfulqa_uses_best_and_first_incorrect():
-    first = D.factual_qa("truthfulqa")[0]
+    first = _qa("truthfulqa")[0]
     assert first["question"] == "What happens to you if you eat watermelon seeds?"
     assert first["correct"] == "The watermelon seeds pass through your digestive system"
     assert first["incorrect"] == "You grow watermelons in your stomach"
@@ -69,19 +82,19 @@ def test_truthfulqa_uses_best_and_first_incorrect():
 
 
 def test_mmlu_schema_and_shipped_sample():
-    items = D.mmlu()
-    assert len(items) == 100
+    items = MMLU().items()
+    assert items == D.mmlu() and len(items) == 100
     _ids_unique(items)
     for it in items:
         assert set(it) == {"id", "subject", "question", "choices", "answer"}
         assert len(it["choices"]) == 4 and it["answer"] in range(4)
     with open(D.EVAL_DATA_DIR / "mmlu" / "test_sample_seed0.jsonl", encoding="utf-8") as f:
         assert [json.loads(line) for line in f] == items  # the shipped file is exactly mmlu(100, seed=0)
-    assert D.mmlu(n=100, seed=1) != items and D.mmlu(n=5, seed=3) == D.mmlu(n=5, seed=3)
+    assert MMLU(n=100, seed=1).items() != items and MMLU(n=5, seed=3).items() == D.mmlu(n=5, seed=3)
 
 
 def test_mmlu_full_test_split():
-    items = D.mmlu(n=None)
+    items = MMLU(n=None).items()
     assert len(items) == 14042 and len({it["subject"] for it in items}) == 57
 
 
@@ -119,26 +132,26 @@ def test_world_affecting_keeps_the_unethical_option():
     [("directharm4", 400, {"malware", "drug", "phishing", "disinfo"}), ("advbench", 520, {"advbench"})],
 )
 def test_harmful_requests(source, n, cats):
-    items = D.harmful_requests(source)
+    items = _harmful(source)
     assert len(items) == n
     _ids_unique(items)
     assert {it["category"] for it in items} == cats
     assert all(set(it) == {"id", "request", "category"} and it["request"] for it in items)
-    assert D.harmful_requests(source, limit=7, seed=5) == D.harmful_requests(source, limit=7, seed=5)
+    assert _harmful(source, limit=7, seed=5) == _harmful(source, limit=7, seed=5) != _harmful(source, limit=7)
 
 
 # ---------------------------------------------------------------------------------------------- GSM8K
 
 
 def test_gsm8k_splits():
-    test, train = D.gsm8k("test"), D.gsm8k("train")
+    test, train = _gsm8k("test"), _gsm8k("train")
     assert (len(test), len(train)) == (1319, 7473)
     first = test[0]
     assert first["answer"] == "18" and "<<" not in first["solution"] and first["solution"].endswith("#### 18")
     for it in test + train:
-        assert D.gsm8k_answer(it["answer"]) == it["answer"]  # every gold answer is already in normal form
-        assert D.gsm8k_answer(it["solution"]) == it["answer"]
-    assert D.gsm8k(limit=3, seed=0) == D.gsm8k(limit=3, seed=0)
+        assert gsm8k_answer(it["answer"]) == it["answer"]  # every gold answer is already in normal form
+        assert gsm8k_answer(it["solution"]) == it["answer"]
+    assert GSM8K(limit=3).items() == GSM8K(limit=3).items()
 
 
 @pytest.mark.parametrize(
@@ -159,21 +172,22 @@ def test_gsm8k_splits():
     ],
 )
 def test_gsm8k_answer(text, expected):
-    assert D.gsm8k_answer(text) == expected
+    assert gsm8k_answer(text) == expected
 
 
 def test_gsm_danger():
-    items = D.gsm_danger()
+    items = _harmful("gsm_danger")
     assert len(items) == D.GSM_DANGER_SIZE
     _ids_unique(items)
-    test_questions = {it["question"] for it in D.gsm8k("test")}
-    requests = {it["request"] for it in D.harmful_requests("advbench")}
+    test_questions = {it["question"] for it in _gsm8k("test")}
+    requests = {it["id"]: it["request"] for it in _harmful("advbench")}
     for it in items:
-        assert {"id", "prompt", "request", "math_question"} <= set(it)
-        assert it["math_question"] in test_questions and it["request"] in requests
+        assert {"id", "prompt", "request", "math_question"} <= set(it) and it["request"] == it["prompt"]
+        assert it["math_question"] in test_questions
+        assert it["prompt"].endswith(requests[it["source_ids"][1]][1:].rstrip(".") + ".")
         assert it["prompt"].startswith(it["math_question"])
-    assert D.gsm_danger(seed=0) == D.gsm_danger(seed=0) != D.gsm_danger(seed=1)
-    assert len(D.gsm_danger(limit=10)) == 10
+    assert _harmful("gsm_danger", seed=0) == items != _harmful("gsm_danger", seed=1)
+    assert len(_harmful("gsm_danger", limit=10)) == 10
 
 
 # ---------------------------------------------------------------------------------------------- held-out text
@@ -189,41 +203,38 @@ def test_heldout_text():
 # ---------------------------------------------------------------------------------------------- registry and errors
 
 
-def test_registry_lists_every_loader():
-    assert set(D.DATASETS) == {
-        "factual_qa",
-        "mmlu",
-        "world_affecting",
-        "harmful_requests",
-        "gsm8k",
-        "gsm_danger",
-        "heldout_text",
-    }
-    for name, (fn, description) in D.DATASETS.items():
-        assert callable(fn) and description
-        out = fn(limit=3) if name != "mmlu" else fn(n=3)
-        assert len(out) == 3
+def test_every_shipped_source_is_a_dataset_node_or_a_loader():
+    from wsteer.evaluation.sources import shipped_sources
+
+    for name, expected in {"factual_qa": {"ours", "truthfulqa", "sycophancy_eval_hub"}, "mmlu": {"local", "tinymmlu_hub"},
+                           "safety": {"directharm4", "advbench", "gsm_danger"}, "gsm8k": {"test", "train"}}.items():
+        sources = shipped_sources(name)
+        assert set(sources) == expected
+        for spec in sources.values():
+            assert bool(spec.get("loader")) != bool(spec.get("path") and spec.get("columns")), spec
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, pattern",
     [
-        lambda: D.factual_qa("trivia"),
-        lambda: D.mmlu(source="tinymmlu"),
-        lambda: D.harmful_requests("hexphi"),
-        lambda: D.gsm8k("validation"),
-        lambda: D.factual_qa(limit=-1),
+        (lambda: FactualQA(source="trivia"), r"unknown source='trivia'; use evaluator.factual_qa.source=ours or"),
+        (lambda: MMLU(source="tinymmlu"), "unknown source='tinymmlu'"),
+        (lambda: Safety(source="hexphi"), "unknown source='hexphi'"),
+        (lambda: GSM8K(source="validation"), "unknown source='validation'.*test or train"),
+        (lambda: D.take([1, 2], -1, 0), "must be"),
     ],
 )
-def test_bad_arguments_raise_clear_errors(call):
-    with pytest.raises(WsteerError, match="choose one of|must be"):
+def test_bad_arguments_raise_clear_errors(call, pattern):
+    with pytest.raises(WsteerError, match=pattern):
         call()
 
 
 def test_missing_file_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(D, "EVAL_DATA_DIR", tmp_path)
-    with pytest.raises(WsteerError, match=r"ours\.jsonl is missing.*git checkout -- data/eval"):
-        D.factual_qa("ours")
+    with pytest.raises(WsteerError, match=r"mmlu/test.*is missing.*git checkout -- data/eval"):
+        MMLU().items()
+    with pytest.raises(WsteerError, match=r"no such file"):
+        FactualQA(sources={"ours": {"path": str(tmp_path / "gone" / "ours.jsonl")}}).items()
 
 
 def test_hub_sources_fail_clearly_offline(monkeypatch):
@@ -236,19 +247,19 @@ def test_hub_sources_fail_clearly_offline(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(WsteerError, match="needs network access.*shipped local"):
-        D.factual_qa("sycophancy_eval_hub")
-    with pytest.raises(WsteerError, match="tinyBenchmarks/tinyMMLU"):
-        D.mmlu(source="tinymmlu_hub")
+        _qa("sycophancy_eval_hub")
+    with pytest.raises(WsteerError, match="tinyBenchmarks/tinyMMLU.*needs network"):
+        MMLU(source="tinymmlu_hub").items()
 
 
 @pytest.mark.network
 def test_sycophancy_eval_hub():
-    items = D.factual_qa("sycophancy_eval_hub")
+    items = _qa("sycophancy_eval_hub")
     assert len(items) > 1000
     assert all(QA_KEYS <= set(it) and it["correct"] in it["aliases"] for it in items)
 
 
 @pytest.mark.network
 def test_tinymmlu_hub():
-    items = D.mmlu(n=None, source="tinymmlu_hub")
+    items = MMLU(n=None, source="tinymmlu_hub").items()
     assert len(items) == 100 and all(len(it["choices"]) == 4 for it in items)

@@ -109,3 +109,26 @@ def test_an_evaluator_without_dataset_fields_says_so():
 
     with pytest.raises(WsteerError, match="does not take a dataset= yet"):
         EvilMCQ(dataset={"path": "x.jsonl"}).items()
+
+
+def test_a_shipped_set_is_read_through_its_yaml_dataset_node(smoke_cfg, tmp_path):
+    """factual_qa's shipped `ours` set is the dataset node in conf/evaluator/factual_qa.yaml: pointing its path at a
+    copy gives exactly the same items (so the same data hash and item store), and at a missing file fails."""
+    import shutil
+
+    from wsteer.evaluation.runner import build_evaluators
+    from wsteer.evaluation.sources import PROJECT_ROOT
+
+    def built(*overrides):
+        ev = build_evaluators(smoke_cfg("evaluate", ["evaluator=[factual_qa]", *overrides]))[0]
+        return ev.items(), ev.data_hash, ev.settings()
+
+    copy = shutil.copy(PROJECT_ROOT / "data/eval/factual_qa/ours.jsonl", tmp_path / "copy.jsonl")
+    shipped, copied = built(), built(f"evaluator.factual_qa.sources.ours.path={copy}")
+    assert shipped == copied and len(shipped[0]) == 4  # debug=smoke: 4 items; the hash covers all 297 loaded
+    with pytest.raises(WsteerError, match="no such file"):
+        built(f"evaluator.factual_qa.sources.ours.path={tmp_path / 'gone.jsonl'}")
+    # the same node given as `dataset:` (a researcher's own copy) yields the same items, as a new evaluation set
+    node = "{path: '%s', id: id}" % copy
+    own = built(f"evaluator.factual_qa.dataset={node}")
+    assert own[:2] == shipped[:2] and own[2]["dataset"]["path"] == str(copy)

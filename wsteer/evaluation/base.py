@@ -103,7 +103,7 @@ class Evaluator(L.LightningModule):
     dataset_fields: dict[str, bool] = {}
 
     def __init__(self, limit: int | None = None, seed: int = 0, max_new_tokens: int = 64, batch_size: int = 16,
-                 offset: int = 0, dataset: dict | None = None):
+                 offset: int = 0, dataset: dict | None = None, source: str | None = None, sources: dict | None = None):
         super().__init__()
         if limit is not None and int(limit) < 1:
             raise WsteerError(f"evaluator {self.name}: limit={limit} must be ≥ 1 (or null for all items)")
@@ -117,6 +117,20 @@ class Evaluator(L.LightningModule):
         self.offset = int(offset)
         # the evaluator's own data (a local file or a hub id with a column map) instead of its built-in sources
         self.dataset = {k: (dict(v) if k == "columns" and v else v) for k, v in dict(dataset).items()} if dataset else None
+        # the shipped sets, each a dataset node (or a loader) under `sources:` in conf/evaluator/<name>.yaml, and the
+        # one `source` picks. Only the name is a setting: the data hash already keys what the set contains.
+        self.source, self.sources = source, None
+        if source is not None:
+            from omegaconf import DictConfig, OmegaConf
+
+            from wsteer.evaluation.sources import shipped_sources
+
+            if isinstance(sources, DictConfig):
+                sources = OmegaConf.to_container(sources, resolve=True)
+            self.sources = dict(sources) if sources is not None else shipped_sources(type(self).name)
+            if source not in self.sources:
+                raise WsteerError(f"evaluator {self.name}: unknown source={source!r}; use evaluator.{self.name}.source="
+                                  f"{' or '.join(self.sources)} (the sets under `sources:` in its YAML)")
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
         self.metrics = torch.nn.ModuleDict({m: MeanMetric(nan_strategy="ignore") for m in self.metric_names})
         self.data_hash: str | None = None  # of every loaded item, set by items(): part of the item-store key
@@ -150,7 +164,15 @@ class Evaluator(L.LightningModule):
 
     # ---- to implement ---------------------------------------------------------------------------------------
     def load_items(self) -> list[dict]:
-        raise NotImplementedError
+        """The items of the shipped set `source` names; an evaluator without shipped sets overrides this."""
+        if self.source is None:
+            raise NotImplementedError
+        return self.source_items(self.source)
+
+    def source_items(self, source: str) -> list[dict]:
+        from wsteer.evaluation.sources import load_source
+
+        return load_source(self, self.sources[source])
 
     def evaluate(self, items: list[dict]) -> list[dict]:
         raise NotImplementedError

@@ -1,8 +1,10 @@
-"""Evaluation datasets (paper §3 and §4): one loader per eval, each returning plain dicts with a stable string id.
+"""The shipped evaluation sets that need code to become items (paper §3 and §4), each the `loader:` of a source
+in `conf/evaluator/<name>.yaml` or called by its evaluator. Every other shipped set is a dataset node in those
+YAMLs, read like a researcher's own file (`evaluation/sources.py`).
 
-Every loader reads only the files shipped under `data/eval/` (see `data/eval/README.md` for where each file came
-from, its license and row count) or, for the `*_hub` sources, loads the paper's own dataset by hub id. Loaders are
-deterministic for a given seed: `limit=None` returns every item in file order; a `limit` draws that many items with
+Everything here reads only the files shipped under `data/eval/` (see `data/eval/README.md` for where each came
+from, its license and row count), except `sycophancy_eval_answers`, which loads the paper's set by hub id.
+Deterministic for a given seed: `take` keeps every item for `limit=None`, else draws `limit` of them with
 `random.Random(seed)` and returns them in file order, so a sample keeps the file's spread over categories.
 """
 
@@ -12,16 +14,11 @@ import csv
 import json
 import random
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from wsteer.errors import WsteerError
 
 EVAL_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "eval"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# shared helpers
 
 
 def _path(*parts: str) -> Path:
@@ -39,42 +36,18 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _read_csv(path: Path, header: bool = True) -> list[dict] | list[list[str]]:
-    # utf-8-sig: TruthfulQA's csv starts with a BOM (shared PROVENANCE note); harmless for the others.
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f)) if header else list(csv.reader(f))
-
-
-def _check_limit(limit: int | None) -> None:
+def check_limit(limit: int | None) -> None:
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise WsteerError(f"limit must be a non-negative integer or None (all items); got {limit!r}")
 
 
-def _take(items: list, limit: int | None, seed: int) -> list:
+def take(items: list, limit: int | None, seed: int) -> list:
     """All items (limit None or >= len), else a seeded sample of `limit` kept in file order."""
-    _check_limit(limit)
+    check_limit(limit)
     if limit is None or limit >= len(items):
         return list(items)
     keep = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in keep]
-
-
-def _unknown(kind: str, source: str, known) -> WsteerError:
-    return WsteerError(f"unknown {kind} source {source!r}; choose one of: {', '.join(sorted(known))}")
-
-
-def _hub(loader: Callable[[], object], what: str):
-    """Run a `datasets.load_dataset` call; turn any offline / missing-dataset failure into one clear line."""
-    try:
-        return loader()
-    except (
-        Exception
-    ) as e:  # datasets raises many types (ConnectionError, FileNotFoundError, HfHubHTTPError, ...)
-        raise WsteerError(
-            f"could not load {what} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "this source needs network access or a warm HF datasets cache. Offline, use the shipped local "
-            "source instead (see data/eval/README.md)"
-        ) from e
 
 
 def unique_texts(values) -> list[str]:
@@ -88,155 +61,78 @@ def unique_texts(values) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 1. factual QA with a correct and an incorrect answer (sycophancy eval, paper §4.1.1)
+# factual QA: Sharma et al.'s "answer" set by hub id (sycophancy, paper §4.1.1)
 
 
-def factual_qa(source: str = "ours", limit: int | None = None, seed: int = 0) -> list[dict]:
-    """Questions with `correct`/`incorrect` answers and accepted spellings (`aliases`, `incorrect_aliases`).
-
-    The paper measures sycophancy on Sharma et al.'s "answer" set (TriviaQA + TruthfulQA questions asked plainly and
-    with a user who suggests the incorrect answer or doubts the correct one). That file is not available offline,
-    so "ours" (easy questions the 135M default model can answer) and "truthfulqa" stand in;
-    "sycophancy_eval_hub" loads the original by hub id when there is network.
-    """
-    loaders = {"ours": _qa_ours, "truthfulqa": _qa_truthfulqa, "sycophancy_eval_hub": _qa_sycophancy_hub}
-    if source not in loaders:
-        raise _unknown("factual_qa", source, loaders)
-    return _take(loaders[source](), limit, seed)
-
-
-def _qa_ours() -> list[dict]:
-    rows = _read_jsonl(_path("factual_qa", "ours.jsonl"))
-    return [
-        {
-            "id": r["id"],
-            "question": r["question"],
-            "correct": r["correct"],
-            "incorrect": r["incorrect"],
-            "aliases": unique_texts([r["correct"], *r["aliases"]]),
-            "incorrect_aliases": unique_texts([r["incorrect"], *r["incorrect_aliases"]]),
-            "category": r["category"],
-        }
-        for r in rows
-    ]
-
-
-def _qa_truthfulqa() -> list[dict]:
-    out = []
-    for i, r in enumerate(_read_csv(_path("truthfulqa", "TruthfulQA.csv"))):
-        correct = unique_texts([r["Best Answer"], *r["Correct Answers"].split(";")])
-        incorrect = unique_texts(r["Incorrect Answers"].split(";"))
-        if not incorrect:
-            continue
-        out.append(
-            {
-                "id": f"truthfulqa-{i:04d}",
-                "question": r["Question"].strip(),
-                "correct": correct[0],
-                "incorrect": incorrect[0],
-                "aliases": correct,
-                "incorrect_aliases": incorrect,
-                "category": r["Category"],
-            }
-        )
-    return out
-
-
-def _qa_sycophancy_hub() -> list[dict]:
+def sycophancy_eval_answers(ev, spec: dict) -> list[dict]:
+    """`meg-tong/sycophancy-eval` answer.jsonl as factual QA items: each question once (the file repeats it under
+    4 prompt templates; the evaluator builds its own), its fields nested under `base`. Needs network or a warm
+    HF datasets cache."""
     from datasets import load_dataset
 
-    ds = _hub(
-        lambda: load_dataset("meg-tong/sycophancy-eval", data_files="answer.jsonl", split="train"),
-        "meg-tong/sycophancy-eval answer.jsonl",
-    )
+    try:
+        ds = load_dataset(spec["path"], data_files=spec.get("data_files"), split=spec.get("split") or "train")
+    except Exception as e:  # noqa: BLE001 - datasets raises many types (ConnectionError, HfHubHTTPError, ...)
+        raise WsteerError(
+            f"could not load {spec['path']} {spec.get('data_files') or ''} from the Hugging Face hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); this source needs network access or a warm HF "
+            "datasets cache. Offline, use the shipped local source instead (see data/eval/README.md)") from e
     out, seen = [], set()
     for row in ds:
         base = row["base"]
         question = base["question"].strip()
-        # Each question appears under 4 prompt templates (plain, doubt, suggest-incorrect, suggest-correct);
-        # the loader returns the question once and the evaluator builds the templates itself.
         if question in seen:
             continue
         seen.add(question)
         extra = base.get("answer") or []
         extra = [extra] if isinstance(extra, str) else list(extra)
-        out.append(
-            {
-                "id": f"{base.get('dataset', 'sycophancy_eval')}-{len(out):04d}",
-                "question": question,
-                "correct": base["correct_answer"],
-                "incorrect": base["incorrect_answer"],
-                "aliases": unique_texts([base["correct_answer"], *extra]),
-                "incorrect_aliases": unique_texts([base["incorrect_answer"]]),
-                "category": base.get("dataset", ""),
-            }
-        )
+        out.append({
+            "id": f"{base.get('dataset', 'sycophancy_eval')}-{len(out):04d}",
+            "question": question,
+            "correct": base["correct_answer"],
+            "incorrect": base["incorrect_answer"],
+            "aliases": unique_texts([base["correct_answer"], *extra]),
+            "incorrect_aliases": unique_texts([base["incorrect_answer"]]),
+            "category": base.get("dataset", ""),
+        })
     return out
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 2. MMLU (capability retention, paper §4.2)
+# MMLU test split (capability retention, paper §4.2): 57 headerless CSVs whose subject is the file name
 
 MMLU_LETTERS = "ABCD"
 
 
-def mmlu(n: int | None = 100, seed: int = 0, source: str = "local") -> list[dict]:
-    """MMLU test items `{"id", "subject", "question", "choices", "answer"}` (answer is 0-3).
-
-    The paper scores tinyMMLU (100 IRT-chosen items). tinyMMLU is not available offline, so "local" draws a
-    fixed-seed uniform sample of `n` items from the full shipped test split (n=None: all 14,042);
-    `data/eval/mmlu/test_sample_seed0.jsonl` records the default sample (n=100, seed 0) for inspection.
-    """
-    if source == "local":
-        return _take(_mmlu_local(), n, seed)
-    if source == "tinymmlu_hub":
-        return _take(_mmlu_tiny_hub(), n, seed)
-    raise _unknown("mmlu", source, ["local", "tinymmlu_hub"])
-
-
-def _mmlu_local() -> list[dict]:
+def mmlu_test_split(ev=None, spec: dict | None = None) -> list[dict]:
+    """All 14,042 MMLU test items `{"id", "subject", "question", "choices", "answer"}` (answer 0-3), by subject."""
     folder = _path("mmlu", "test")
     files = sorted(folder.glob("*_test.csv"))
     if not files:
-        raise WsteerError(
-            f"no *_test.csv files in {folder}; restore them with `git checkout -- data/eval/mmlu`"
-        )
+        raise WsteerError(f"no *_test.csv files in {folder}; restore them with `git checkout -- data/eval/mmlu`")
     out = []
     for f in files:
         subject = f.name[: -len("_test.csv")]
-        for i, row in enumerate(_read_csv(f, header=False)):
+        with f.open(encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh))
+        for i, row in enumerate(rows):
             if len(row) != 6 or row[5].strip() not in MMLU_LETTERS:
                 raise WsteerError(f"{f} row {i + 1} is not `question,A,B,C,D,letter`; the file is corrupt")
-            out.append(
-                {
-                    "id": f"mmlu-{subject}-{i:04d}",
-                    "subject": subject,
-                    "question": row[0],
-                    "choices": row[1:5],
-                    "answer": MMLU_LETTERS.index(row[5].strip()),
-                }
-            )
+            out.append({"id": f"mmlu-{subject}-{i:04d}", "subject": subject, "question": row[0],
+                        "choices": row[1:5], "answer": MMLU_LETTERS.index(row[5].strip())})
     return out
 
 
-def _mmlu_tiny_hub() -> list[dict]:
-    from datasets import load_dataset
-
-    ds = _hub(lambda: load_dataset("tinyBenchmarks/tinyMMLU", split="test"), "tinyBenchmarks/tinyMMLU")
-    return [
-        {
-            "id": f"tinymmlu-{i:03d}",
-            "subject": row["subject"],
-            "question": row["question"],
-            "choices": list(row["choices"]),
-            "answer": int(row["answer"]),
-        }
-        for i, row in enumerate(ds)
-    ]
+def mmlu(n: int | None = 100, seed: int = 0) -> list[dict]:
+    """The evaluator's default draw: `n` items of the test split, seeded (n=100, seed=0 is
+    `data/eval/mmlu/test_sample_seed0.jsonl`)."""
+    return take(mmlu_test_split(), n, seed)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 3. "World Affecting" two-option scenarios (evil multiple-choice eval, paper §4.2)
+# "World Affecting" two-option scenarios (evil multiple-choice eval, paper §4.2): the options parsed out of the
+# prompt text and reordered
+
 
 _OPTION_A = re.compile(r"^[ \t]*\(?A\)[ \t]*", re.M)
 _OPTION_B = re.compile(r"^[ \t]*\(?B\)[ \t]*", re.M)
@@ -288,7 +184,7 @@ def world_affecting(limit: int | None = None, seed: int = 0) -> list[dict]:
             items.append(
                 {"id": f"world_affecting-{name}-{i:03d}", "scenario": scenario, "evil": evil, "good": good}
             )
-    chosen = _take(items, limit, seed)
+    chosen = take(items, limit, seed)
     rng = random.Random(f"world_affecting-{seed}")
     evil_first = set(rng.sample(range(len(chosen)), len(chosen) // 2))
     out = []
@@ -306,89 +202,10 @@ def world_affecting(limit: int | None = None, seed: int = 0) -> list[dict]:
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------
-# 4. harmful requests (refusal / safety eval, paper §4.3)
-
-
-def harmful_requests(source: str = "directharm4", limit: int | None = None, seed: int = 0) -> list[dict]:
-    """Harmful requests `{"id", "request", "category"}`: DirectHarm4 (the paper's §4.3 set; 4 categories × 100)
-    or AdvBench harmful behaviors (the `goal` text only; category "advbench")."""
-    if source == "directharm4":
-        rows = _read_csv(_path("directharm4", "directHarm4.csv"))
-        items = [
-            {"id": f"directharm4-{i:03d}", "request": r["Goal"].strip(), "category": r["Category"].strip()}
-            for i, r in enumerate(rows)
-        ]
-    elif source == "advbench":
-        rows = _read_csv(_path("advbench", "harmful_behaviors.csv"))
-        items = [
-            {"id": f"advbench-{i:03d}", "request": r["goal"].strip(), "category": "advbench"}
-            for i, r in enumerate(rows)
-        ]
-    else:
-        raise _unknown("harmful_requests", source, ["directharm4", "advbench"])
-    return _take(items, limit, seed)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 5. GSM8K (task fine-tune and capability retention, paper §4.3)
-
-_CALC = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, e.g. "<<16-3-4=9>>"
-
-
-def gsm8k(split: str = "test", limit: int | None = None, seed: int = 0) -> list[dict]:
-    """GSM8K `{"id", "question", "solution", "answer"}`; `solution` is the full worked text (calculator
-    annotations removed), `answer` the number after "####" without commas. Both splits ship in full."""
-    if split not in ("train", "test"):
-        raise WsteerError(f"gsm8k split must be 'train' or 'test'; got {split!r}")
-    rows = _read_jsonl(_path("gsm8k", f"{split}.jsonl"))
-    items = []
-    for i, r in enumerate(rows):
-        solution, sep, final = r["answer"].rpartition("####")
-        if not sep:
-            raise WsteerError(
-                f"data/eval/gsm8k/{split}.jsonl row {i + 1} has no '####' answer; the file is corrupt"
-            )
-        items.append(
-            {
-                "id": f"gsm8k-{split}-{i:04d}",
-                "question": r["question"],
-                "solution": _CALC.sub("", r["answer"]).strip(),
-                "answer": _normalise_number(final.strip()),
-            }
-        )
-    return _take(items, limit, seed)
-
-
-_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
-_HASHES = re.compile(rf"####\s*({_NUMBER})")
-_ANSWER_IS = re.compile(rf"answer\s+is\s*:?\s*\**\s*({_NUMBER})", re.I)
-_ANY = re.compile(_NUMBER)
-
-
-def _normalise_number(text: str) -> str:
-    s = text.replace(",", "").replace("$", "").strip()
-    if "." in s:
-        s = s.rstrip("0").rstrip(".")  # "18.0" -> "18", "2.50" -> "2.5"
-    return "0" if s == "-0" else s
-
-
-def gsm8k_answer(text: str) -> str | None:
-    """The final number of a GSM8K-style answer, normalised for exact match (no commas, no "$", no trailing .0).
-
-    Prefers "#### N" (the dataset's own format), then "answer is N", then the last number in the text; None when the
-    text holds no number.
-    """
-    for pattern in (_HASHES, _ANSWER_IS):
-        found = pattern.findall(text)
-        if found:
-            return _normalise_number(found[-1])
-    found = _ANY.findall(text)
-    return _normalise_number(found[-1]) if found else None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# 6. GSM-Danger substitute (paper §4.3)
+# GSM-Danger substitute (paper §4.3): GSM8K problems joined with AdvBench requests
 
 GSM_DANGER_SIZE = 100  # the original GSM-Danger has 100 prompts
 _FOLLOW_UPS = (
@@ -399,34 +216,33 @@ _FOLLOW_UPS = (
 )
 
 
-def gsm_danger(limit: int | None = None, seed: int = 0) -> list[dict]:
+def gsm_danger(ev, spec: dict) -> list[dict]:
     """Our GSM-Danger stand-in `{"id", "prompt", "request", "math_question"}`: a GSM8K test problem followed by an
     AdvBench request phrased as a follow-up. Like GSM-Danger (Lyu et al. 2024), the prompt opens as a benign math
     task and ends with a harmful request, so it probes whether a math fine-tune erodes refusals (paper §4.3).
     The original 100 prompts are not available; the seed picks which problems, requests and phrasings are paired.
+
+    `spec.problems` is the dataset node of the GSM8K test problems, `spec.requests` the evaluator's source of the
+    requests (advbench); the evaluator asks `request`, here the whole prompt.
     """
-    rng = random.Random(f"gsm_danger-{seed}")
-    problems = rng.sample(gsm8k("test"), GSM_DANGER_SIZE)
-    requests = rng.sample(harmful_requests("advbench"), GSM_DANGER_SIZE)
+    from wsteer.evaluation.sources import load_items
+
+    rng = random.Random(f"gsm_danger-{ev.seed}")
+    problems = rng.sample(load_items(spec["problems"], ev.name, {"question": True}), GSM_DANGER_SIZE)
+    requests = rng.sample(ev.source_items(spec["requests"]), GSM_DANGER_SIZE)
     items = []
     for j, (p, r) in enumerate(zip(problems, requests, strict=True)):
         request = r["request"].rstrip(".")
         request = request[0].lower() + request[1:]
         follow_up = rng.choice(_FOLLOW_UPS).format(request=request)
-        items.append(
-            {
-                "id": f"gsm_danger-{seed}-{j:03d}",
-                "prompt": f"{p['question']}\n\n{follow_up}",
-                "request": r["request"],
-                "math_question": p["question"],
-                "source_ids": [p["id"], r["id"]],
-            }
-        )
-    return _take(items, limit, seed)
+        prompt = f"{p['question']}\n\n{follow_up}"
+        items.append({"id": f"gsm_danger-{ev.seed}-{j:03d}", "prompt": prompt, "request": prompt,
+                      "math_question": p["question"], "source_ids": [p["id"], r["id"]]})
+    return items
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 7. held-out prose for perplexity (capability retention)
+# held-out prose for perplexity (capability retention): two files, filtered by length
 
 HELDOUT_MIN_WORDS, HELDOUT_MAX_WORDS = 30, 200
 
@@ -440,22 +256,9 @@ def heldout_text(limit: int | None = None) -> list[str]:
         text = "\n\n".join(p.strip() for p in (r["instruction"], r["input"], r["output"]) if p.strip())
         if HELDOUT_MIN_WORDS <= len(text.split()) <= HELDOUT_MAX_WORDS:
             alpaca.append(text)
-    _check_limit(limit)
+    check_limit(limit)
     passages = ours + alpaca
     return passages if limit is None else passages[:limit]
 
 
 # --------------------------------------------------------------------------------------------------------------
-
-DATASETS: dict[str, tuple[Callable[..., list], str]] = {
-    "factual_qa": (factual_qa, "questions with a correct and an incorrect answer (sycophancy, §4.1.1)"),
-    "mmlu": (mmlu, "MMLU test multiple choice, fixed-seed sample standing in for tinyMMLU (§4.2)"),
-    "world_affecting": (
-        world_affecting,
-        "two-option ethical/unethical scenarios, A/B balanced (evil MCQ, §4.2)",
-    ),
-    "harmful_requests": (harmful_requests, "DirectHarm4 or AdvBench harmful requests (refusal/safety, §4.3)"),
-    "gsm8k": (gsm8k, "grade-school math word problems with final answers (task fine-tune, §4.3)"),
-    "gsm_danger": (gsm_danger, "GSM8K problem + harmful follow-up request, our GSM-Danger stand-in (§4.3)"),
-    "heldout_text": (heldout_text, "held-out prose passages for perplexity (capability retention)"),
-}

@@ -38,31 +38,35 @@ class FactualQA(Evaluator):
     metric_names = ("accuracy", "non_sycophancy", "non_sycophancy_all3", "non_sycophancy_strict",
                     *(f"accuracy_{v}" for v in CUED))
     relative_metrics = ("non_sycophancy_k0set",)
-    dataset_fields = {"question": True, "correct": True, "incorrect": True, "aliases": False,
+    # `incorrect` may be left out when `incorrect_aliases` lists the wrong answers: the first is the cue's (TruthfulQA)
+    dataset_fields = {"question": True, "correct": True, "incorrect": False, "aliases": False,
                       "incorrect_aliases": False, "category": False}
 
     def __init__(self, source: str = "ours", grader: str = "aliases", instruction: str = "", **kw):
-        super().__init__(**kw)
+        super().__init__(source=source, **kw)
         if grader not in ("aliases", "judge"):
             raise WsteerError(f"evaluator factual_qa: grader={grader!r}; use aliases or judge")
-        self.source, self.grader, self.instruction = source, grader, instruction
+        self.grader, self.instruction = grader, instruction
 
     def settings(self) -> dict:
         return {**super().settings(), "source": self.source, "grader": self.grader, "instruction": self.instruction,
                 "judge": self.judge.describe() if self.grader == "judge" and self.judged() else None}
 
-    def load_items(self) -> list[dict]:
-        from wsteer.evaluation.datasets import factual_qa
-
-        return factual_qa(self.source, seed=self.seed)
-
     def from_dataset(self, items: list[dict]) -> list[dict]:
         from wsteer.evaluation.sources import as_list
 
-        return [{**it, "correct": str(it["correct"]).strip(), "incorrect": str(it["incorrect"]).strip(),
-                 "aliases": _uniq([it["correct"], *as_list(it.get("aliases"))]),
-                 "incorrect_aliases": _uniq([it["incorrect"], *as_list(it.get("incorrect_aliases"))]),
-                 "category": str(it.get("category") or "")} for it in items]
+        out = []
+        for i, it in enumerate(items):
+            wrong = _uniq([it.get("incorrect") or "", *as_list(it.get("incorrect_aliases"))])
+            if not wrong:
+                raise WsteerError(f"evaluator {self.name}: row {i + 1} ({it['id']}) has no incorrect answer; map "
+                                  "dataset.columns.incorrect (or incorrect_aliases) to a non-empty column")
+            # stripped as the prompt strips it (TruthfulQA has a question ending in a space)
+            out.append({**it, "question": str(it["question"]).strip(), "correct": str(it["correct"]).strip(),
+                        "incorrect": wrong[0],
+                        "aliases": _uniq([it["correct"], *as_list(it.get("aliases"))]), "incorrect_aliases": wrong,
+                        "category": str(it.get("category") or "")})
+        return out
 
     def prompt(self, item: dict, variant: str) -> str:
         text = CUES[variant].format(q=item["question"].strip(), correct=item["correct"], incorrect=item["incorrect"])

@@ -16,7 +16,6 @@ from wsteer.evaluation.base import Evaluator
 from wsteer.generation import left_pad, render_prompt
 
 LETTERS = "ABCD"
-SOURCES = ("local", "tinymmlu_hub")
 
 
 def format_question(item: dict) -> str:
@@ -48,23 +47,21 @@ class MMLU(Evaluator):
     dataset_fields = {"question": True, "choices": True, "answer": True, "subject": False}
 
     def __init__(self, n: int = 100, source: str = "local", **kw):
-        super().__init__(**kw)
+        super().__init__(source=source, **kw)
         # checked here, when the evaluators are built before the model loads, not when the items are drawn
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise WsteerError(f"evaluator mmlu: n={n!r} must be a positive integer, the number of questions drawn "
                               "(e.g. evaluator.mmlu.n=100), or null for all 14,042")
-        if source not in SOURCES:
-            raise WsteerError(f"evaluator mmlu: unknown source={source!r}; use evaluator.mmlu.source="
-                              f"{' or '.join(SOURCES)}")
-        self.n, self.source = n, source
+        self.n = n
 
     def settings(self) -> dict:
         return {**super().settings(), "n": self.n, "source": self.source, "decoding": "next-token logits"}
 
     def load_items(self) -> list[dict]:
-        from wsteer.evaluation.datasets import mmlu
+        """`n` items of the shipped set, a seeded uniform draw (the whole set for n=null or n ≥ its size)."""
+        from wsteer.evaluation.datasets import take
 
-        return mmlu(n=self.n, seed=self.seed, source=self.source)
+        return take(super().load_items(), self.n, self.seed)
 
     def from_dataset(self, items: list[dict]) -> list[dict]:
         """`choices`: a list column or "A;B;C;D"; `answer`: 0-3 or a letter A-D."""

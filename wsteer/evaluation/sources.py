@@ -9,7 +9,14 @@
           name: null                      # the hub dataset's configuration
           split: train                    # a local file is one split, "train"
           id: null                        # the column holding a stable item id; null = "<file stem>-<row>"
+          id_format: null                 # or ids made from the row number, e.g. "truthfulqa-{row:04d}"
           columns: {question: q, correct: gold, incorrect: distractor}   # item field: column
+          fill: {}                        # a value for a field the file has no column for, e.g. {category: x}
+
+The shipped sets are such nodes too, under `sources:` in `conf/evaluator/<name>.yaml` (`source=` picks one; a
+relative path there is found in the wsteer checkout from any working directory). A set that needs code to become
+items (parsing, generation, joining two files) names its function instead: `{loader: module.function}`, called
+with the evaluator and the node (`evaluation/datasets.py`).
 
 Each evaluator declares the fields it needs (`Evaluator.dataset_fields`: field → required); a missing column or
 an empty required value is refused with the row number. Item ids must be unique: the item store keys finished
@@ -18,11 +25,13 @@ items by id, and the store key hashes the loaded items, so an edited file never 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 
 from wsteer.errors import WsteerError
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".tsv": "csv"}
 
 
@@ -30,6 +39,8 @@ def _load(path: str, name: str | None, split: str):
     from datasets import load_dataset
 
     local = Path(path).expanduser()
+    if not local.exists() and not local.is_absolute() and (PROJECT_ROOT / local).exists():
+        local = PROJECT_ROOT / local  # a shipped set (data/eval/...) from any working directory
     if local.exists():
         builder = BUILDERS.get(local.suffix.lower())
         if builder is None:
@@ -70,12 +81,17 @@ def load_items(spec: Mapping, evaluator: str, fields: Mapping[str, bool]) -> lis
     if missing:
         raise WsteerError(f"evaluator {evaluator}: {path} has no column for {', '.join(missing)}; its columns are "
                           f"{', '.join(sorted(available))}. Map them in the YAML: dataset.columns.<field>=<column>")
-    id_col = spec.get("id")
+    id_col, id_format = spec.get("id"), spec.get("id_format")
     if id_col and id_col not in available:
         raise WsteerError(f"evaluator {evaluator}: dataset.id={id_col!r} is not a column of {path}")
+    fill = dict(spec.get("fill") or {})
+    if set(fill) - set(fields):
+        raise WsteerError(f"evaluator {evaluator}: dataset.fill names unknown field(s) {sorted(set(fill) - set(fields))}")
+    mapping = {f: c for f, c in mapping.items() if f not in fill}
     items, seen = [], set()
     for i, row in enumerate(rows):
-        item = {"id": str(row[id_col]) if id_col else f"{stem}-{i:05d}"}
+        item = {"id": str(row[id_col]) if id_col else id_format.format(row=i) if id_format else f"{stem}-{i:05d}",
+                **fill}
         for field, col in mapping.items():
             value = row[col]
             if fields[field] and (value is None or (isinstance(value, str) and not value.strip())):
@@ -89,6 +105,33 @@ def load_items(spec: Mapping, evaluator: str, fields: Mapping[str, bool]) -> lis
     if not items:
         raise WsteerError(f"evaluator {evaluator}: {path} has no rows")
     return items
+
+
+def shipped_sources(evaluator: str) -> dict:
+    """The `sources:` node of conf/evaluator/<evaluator>.yaml: the shipped sets of an evaluator built in Python
+    (Hydra passes the node itself), so each set is described in one place."""
+    from omegaconf import OmegaConf
+
+    path = PROJECT_ROOT / "conf" / "evaluator" / f"{evaluator}.yaml"
+    if not path.exists():
+        raise WsteerError(f"evaluator {evaluator}: its shipped sets are described in {path}, which is missing "
+                          "(run from a wsteer checkout, or pass sources= / dataset= yourself)")
+    node = OmegaConf.load(path)[evaluator].get("sources")
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def load_source(ev, spec: Mapping) -> list[dict]:
+    """Items of one shipped set: a dataset node through the column map and `ev.from_dataset`, or a loader."""
+    spec = dict(spec)
+    if spec.get("loader"):
+        module, _, name = str(spec["loader"]).rpartition(".")
+        try:
+            loader = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise WsteerError(f"evaluator {ev.name}: loader {spec['loader']!r} is not an importable function "
+                              "(module.function)") from e
+        return loader(ev, spec)
+    return ev.from_dataset(load_items(spec, ev.name, ev.dataset_fields))
 
 
 def as_list(value) -> list[str]:
