@@ -31,7 +31,7 @@ def qa_accuracy(source: str = "ours") -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from wsteer.evaluation.datasets import factual_qa
+    from wsteer.evaluation.factual_qa import FactualQA
     from wsteer.generation import generate
     from wsteer.models import load_model
 
@@ -39,7 +39,7 @@ def qa_accuracy(source: str = "ours") -> None:
     model, tok = load_model(
         OmegaConf.load("conf/model/smollm2_135m.yaml"), Path.home() / ".cache" / "wsteer", "cpu"
     )
-    items = factual_qa(source)
+    items = FactualQA(source=source).items()  # the shipped set of conf/evaluator/factual_qa.yaml, all items
     start = time.time()
     convs = [[{"role": "user", "content": it["question"] + " Answer briefly."}] for it in items]
     outs = generate(model, tok, convs, max_new_tokens=24, batch_size=32, progress=False)
