@@ -129,6 +129,5 @@ def test_a_shipped_set_is_read_through_its_yaml_dataset_node(smoke_cfg, tmp_path
     with pytest.raises(WsteerError, match="no such file"):
         built(f"evaluator.factual_qa.sources.ours.path={tmp_path / 'gone.jsonl'}")
     # the same node given as `dataset:` (a researcher's own copy) yields the same items, as a new evaluation set
-    node = "{path: '%s', id: id}" % copy
-    own = built(f"evaluator.factual_qa.dataset={node}")
+    own = built(f"evaluator.factual_qa.dataset={{path: '{copy}', id: id}}")
     assert own[:2] == shipped[:2] and own[2]["dataset"]["path"] == str(copy)
