@@ -333,12 +333,12 @@ def test_too_little_data_to_train_and_all_prompts_too_long_are_clear_errors(smok
     from wsteer.data.sft import PairedDataModule
     from wsteer.errors import WsteerError
     from wsteer.recipes._common import prepare
-    from wsteer.training import build
+    from wsteer.training.builder import paired_datamodule
 
     ctx = prepare(smoke_cfg("train"))
     few = {s: [{"question": "q", "response": "a"}] * 2 for s in ("pos", "neg")}
     with pytest.raises(WsteerError, match=r"too little data to train: \{'pos': 2, 'neg': 2\} examples"):
-        build._datamodule(ctx, few)
+        paired_datamodule(ctx, few)
     rows = {s: [{"question": "a long question " * 5, "response": "x"}] * 8 for s in ("pos", "neg")}
     with pytest.raises(WsteerError, match="longer than trainer.max_length=8 tokens; raise it"):
         PairedDataModule(ctx.tokenizer, rows, batch_size=2, max_length=8)

@@ -14,11 +14,12 @@ from safetensors.torch import save_file
 from tests.conftest import CONF, compose_cfg
 from wsteer.errors import WsteerError
 from wsteer.monitoring import similarity as sim
-from wsteer.monitoring.callback import CosineMonitor, callbacks_from_cfg
+from wsteer.monitoring.callback import CosineMonitor
 from wsteer.monitoring.compare import compare
 from wsteer.monitoring.deltas import SafetensorsDelta
 from wsteer.monitoring.loading import load_delta
 from wsteer.monitoring.similarity_report import format_table, heatmap
+from wsteer.training.trainer import instantiate_callbacks
 from wsteer.vectors import WeightVector
 
 SHAPES = {
@@ -357,9 +358,9 @@ def test_monitoring_config_composes_and_instantiates_the_callback(tmp_path):
     plus = "" if wired else "+"
     ref = str(tmp_path / "evil.safetensors")
     cfg = compose_cfg("train", tmp_path, [f"{plus}callbacks=monitoring", f"+callbacks.references.evil={ref}"])
-    cbs = callbacks_from_cfg(cfg.callbacks, tmp_path / "run")
+    cbs = instantiate_callbacks(cfg, tmp_path / "run")
     assert len(cbs) == 1 and isinstance(cbs[0], CosineMonitor)
     assert cbs[0].every_n_steps == 5 and cbs[0].reference_specs == {"evil": ref}
     assert cbs[0].csv_path == tmp_path / "run" / "monitor.csv"
     cfg = compose_cfg("train", tmp_path, [f"{plus}callbacks=none"])
-    assert callbacks_from_cfg(cfg.callbacks, tmp_path) == []
+    assert instantiate_callbacks(cfg, tmp_path) == []

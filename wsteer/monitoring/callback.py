@@ -287,28 +287,3 @@ class CosineMonitor(Callback):
             if new:
                 w.writeheader()
             w.writerows(rows)
-
-
-def callbacks_from_cfg(node, out_dir: str | Path | None = None) -> list[Callback]:
-    """Instantiate the `callbacks` config group for `L.Trainer(callbacks=...)`.
-
-    `node` is `cfg.callbacks`: empty/None or `enabled: false` (→ no callbacks), one node with `_target_`, or a
-    mapping of such nodes. A `CosineMonitor` without `csv_path` writes `<out_dir>/monitor.csv`.
-    """
-    from omegaconf import OmegaConf
-
-    from wsteer.config import instantiate
-
-    if node is None:
-        return []
-    c = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
-    if not c or c.get("enabled") is False:
-        return []
-    nodes = [c] if "_target_" in c else [v for v in c.values() if isinstance(v, dict) and "_target_" in v]
-    out = []
-    for n in nodes:
-        cb = instantiate(OmegaConf.create(n), exclude=("enabled",))
-        if isinstance(cb, CosineMonitor) and cb.csv_path is None and out_dir is not None:
-            cb.csv_path = Path(out_dir) / "monitor.csv"
-        out.append(cb)
-    return out

@@ -17,12 +17,10 @@ from wsteer.context import Context
 from wsteer.data.pairs import ensure_pairs
 from wsteer.errors import WsteerError
 from wsteer.locks import building
-from wsteer.training.builder import ArtifactBuilder, paired_datamodule
+from wsteer.training.builder import ArtifactBuilder
 from wsteer.training.builders import BUILT_IN
 
 SOURCES = tuple(BUILT_IN)  # the artifact kinds `train.py source=` builds
-# The D± data module kept its old place here too: tests/test_reliability.py checks its too-little-data error through it.
-_datamodule = paired_datamodule
 
 
 def builder_for(kind: str | ArtifactBuilder) -> ArtifactBuilder:
