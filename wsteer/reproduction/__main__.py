@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--command", action="append", required=True, help="the command(s) that ran the sweep; repeat")
     ex.add_argument("--notes", default="", help="one paragraph on the setting (reused items, interruptions)")
     ex.add_argument("--out-dir", default="docs/reproduction")
+    ex.add_argument("--code-commit", default=None, help="the commit the sweep ran (default: this checkout's)")
     em = sub.add_parser("export-monitoring", help="keep a finished monitoring sweep's cosines and curves as "
                         "docs/reproduction/monitoring.json")
     em.add_argument("sweep_dir")
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     em.add_argument("--notes", default="")
     em.add_argument("--cache-dir", default="~/.cache/wsteer", help="where the sweep's vectors are cached")
     em.add_argument("--out-dir", default="docs/reproduction")
+    em.add_argument("--code-commit", default=None, help="the commit the sweep ran (default: this checkout's)")
     bd = sub.add_parser("build", help="regenerate docs/reproduction.md, its figures and the README table")
     bd.add_argument("--doc", default="docs/reproduction.md")
     bd.add_argument("--data-dir", default="docs/reproduction")
@@ -36,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
             from wsteer.reproduction.data import export
 
             out = export(args.sweep_dir, Path(args.out_dir) / f"{args.name}.json", args.name, args.metric,
-                         args.command, args.notes)
+                         args.command, args.notes, args.code_commit)
             print(f"wsteer: wrote {out}")
         elif args.cmd == "export-monitoring":
             from wsteer.reproduction.monitoring import export_monitoring
 
             out = export_monitoring(args.sweep_dir, Path(args.out_dir) / "monitoring.json", args.command,
-                                    args.notes, args.cache_dir)
+                                    args.notes, args.cache_dir, args.code_commit)
             print(f"wsteer: wrote {out}")
         else:
             from wsteer.reproduction.report import build

@@ -84,7 +84,7 @@ def _compact(v: float | None):
 
 
 def export(sweep_dir: str | Path, out: str | Path, name: str, metrics: list[str], commands: list[str],
-           notes: str = "") -> Path:
+           notes: str = "", code_commit: str | None = None) -> Path:
     """Write the per-item scores of `metrics` from a finished sweep to `out` (JSON, atomically)."""
     from wsteer.recipes.sweep_report import (
         collect,  # the report's own reader: one definition of a sweep's rows
@@ -120,7 +120,7 @@ def export(sweep_dir: str | Path, out: str | Path, name: str, metrics: list[str]
         "sweep_wall_s": round(max(ends) - min(starts)) if starts and ends else None,
         "finished": time.strftime("%Y-%m-%d", time.gmtime(max(ends))) if ends else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "commit": git_commit(),
+        "commit": code_commit or git_commit(),
     }
     write_json(out, {"meta": meta, "items": items, "rows": out_rows})
     return Path(out)

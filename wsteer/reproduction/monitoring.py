@@ -67,7 +67,7 @@ def _vector(cache: Path, fingerprint: str, behavior: str, seed: int, data_seed: 
 
 
 def export_monitoring(sweep_dir: str | Path, out: str | Path, commands: list[str], notes: str = "",
-                      cache_dir: str | Path = "~/.cache/wsteer") -> Path:
+                      cache_dir: str | Path = "~/.cache/wsteer", code_commit: str | None = None) -> Path:
     """Cosines (within each seed and across seeds) and the monitor's curves of a finished
     `train.py -m experiment=monitoring seed=…` sweep, as JSON."""
     from wsteer.monitoring.similarity import cosine, cosine_matrix
@@ -107,7 +107,7 @@ def export_monitoring(sweep_dir: str | Path, out: str | Path, commands: list[str
             "seeds": [int(s) for s in ids], "n_items": {"training seeds": len(ids)},
             "sweep_wall_s": round(max(ends) - min(starts)), "finished": time.strftime("%Y-%m-%d",
                                                                                       time.gmtime(max(ends))),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "commit": git_commit()}
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "commit": code_commit or git_commit()}
     write_json(out, {"meta": meta, "seeds": seeds, "cross_seed": cross})
     return Path(out)
 

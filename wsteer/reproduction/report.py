@@ -88,7 +88,7 @@ def _figure(exp: Experiment, claim: Claim, path: Path) -> Path:
             if all(est.values()):
                 rows.append({"method": m, "k": k, bm: est[bm].value, cm: est[cm].value, "est": est})
     seeds = len(exp.meta.get("seeds", []))
-    return plot_tradeoff(rows, bm, cm, path, f"{claim.cid} on SmolLM2-135M: {bm} vs {cm} ({seeds} seeds, 95% CI)")
+    return plot_tradeoff(rows, bm, cm, path, f"{claim.cid}: SmolLM2-135M, {seeds} training seeds, bars are 95% intervals")
 
 
 def claim_section(claim: Claim, exp: Experiment | None, checks: list[Check], v: str, notes: str,
