@@ -118,6 +118,7 @@ def claim_section(claim: Claim, exp: Experiment | None, checks: list[Check], v: 
         path = fig_dir / f"{claim.cid.lower()}_{claim.experiment}.png"
         if figures:
             _figure(exp, claim, path)
+        # the document sits next to its data folder (docs/reproduction.md, docs/reproduction/)
         lines += [f"![{claim.cid}]({path.relative_to(doc_dir).as_posix()})", ""]
     if notes:
         lines += [notes, ""]
@@ -146,7 +147,7 @@ def build(doc: Path = Path("docs/reproduction.md"), data_dir: Path = Path("docs/
         notes = note_file.read_text(encoding="utf-8").strip() if note_file.is_file() else ""
         if exp is not None and figures:
             fig_dir.mkdir(parents=True, exist_ok=True)
-        lines += claim_section(claim, exp, checks, v, notes, fig_dir, doc.parent, figures)
+        lines += claim_section(claim, exp, checks, v, notes, fig_dir, data_dir.parent, figures)
     text = "\n".join(lines).rstrip() + "\n"
     write_text(doc, text)
     if readme is not None:
