@@ -43,9 +43,24 @@ def _payloads(data: bytes):
             parts = []
 
 
-def read_run(path: str | Path) -> dict:
+def read_run(path: str | Path, wait_s: float = 60.0) -> dict:
     """`{"run": RunRecord, "config": {key: value}, "summary": {key: value}, "history": [{key: value}, ...],
-    "metrics": {name: step metric}, "records": [record kinds]}`."""
+    "metrics": {name: step metric}, "records": [record kinds]}`.
+
+    `wandb.finish()` can return before wandb's writer process has written the run's last records (seen on a
+    loaded 2-core machine), so this waits, up to `wait_s`, for the `exit` record that ends every finished run.
+    """
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _read(path)
+        if "exit" in out["records"] or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read(path: str | Path) -> dict:
     from wandb.proto import wandb_internal_pb2 as pb
 
     out = {"run": None, "config": {}, "summary": {}, "history": [], "records": [], "metrics": {}}
