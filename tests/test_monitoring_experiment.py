@@ -54,3 +54,26 @@ def test_em_probe_summary_counts_misaligned_among_coherent_answers():
     assert s["misaligned_rate"] == 2 / 3  # the incoherent 95 does not count
     assert s["trait"] == (90 + 10 + 95 + 60) / 4 and s["coherence"] == (80 + 90 + 20 + 51) / 4
     assert EMProbe.summarize([{"trait": None, "coherence": None}])["misaligned_rate"] is None
+
+
+def test_task_fine_tunes_start_from_the_vectors_lora_a_at_every_seed(tiny, tmp_path):
+    """Monitoring cosines (paper §5) compare τ of a task fine-tune with w built at the same training seed; both
+    must start from the same random lora_A, else every seed but one compares unrelated subspaces (the C6 run of
+    bb5aeaf had the task adapter pinned to seed 0: cos(w_evil, τ_bad_advice) was 0.107 at seed 0, 0.011 at 1 and 2)."""
+    import torch
+
+    from tests.conftest import compose_cfg
+    from wsteer.training.paired import LoraPair
+
+    for seed in (0, 3):
+        cfg = compose_cfg("train", tmp_path, [f"seed={seed}", "experiment=monitoring"])
+        model, _ = tiny
+        vec = LoraPair(model, cfg.adapter, ["pos"])
+        a_vec = {n: p.detach().clone() for n, p in vec.params("pos").items() if "lora_A" in n}
+        vec.remove()
+        task = LoraPair(model, cfg.task.adapter, ["task"])
+        a_task = {n.replace(".task.", ".pos."): p.detach().clone() for n, p in task.params("task").items()
+                  if "lora_A" in n}
+        task.remove()
+        assert a_vec.keys() == a_task.keys() and a_vec
+        assert all(torch.equal(a_vec[n], a_task[n]) for n in a_vec), seed
