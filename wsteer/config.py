@@ -96,8 +96,12 @@ def validate(cfg: DictConfig) -> None:
     device = OmegaConf.select(cfg, "device", default="auto")
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise WsteerError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    dtype = str(OmegaConf.select(cfg, "model.dtype", default="float32"))
+    if dtype not in MODEL_DTYPES:
+        raise WsteerError(f"model.dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
     trainer = OmegaConf.select(cfg, "trainer")
     if trainer is not None:
+        check_precision(str(trainer.get("precision", "32-true")), dtype)
         check_multi_device(trainer, paired=OmegaConf.select(cfg, "source", default=None) not in ("task", "joint"))
         eval_devices = OmegaConf.select(cfg, "eval.devices", default=1)
         if trainer.get("devices", 1) != 1 and eval_devices != 1:
@@ -106,6 +110,24 @@ def validate(cfg: DictConfig) -> None:
             raise WsteerError(f"trainer.devices={trainer.devices} and eval.devices={eval_devices} in one run: train "
                               "on several devices first (python train.py trainer=ddp ...), then evaluate on several "
                               "in a separate run (python evaluate.py vector=PATH eval.devices=N eval.strategy=ddp)")
+
+
+# Lightning's "-true" precisions cast the whole LightningModule, and with it the shared base model, to their dtype
+# in place: an fp32 base would be rounded to bf16 for the rest of the run (answers, evaluators) and its fp32 values
+# lost. They are allowed only where the model is loaded in that dtype already; "-mixed" autocast leaves it as is.
+MODEL_DTYPES = ("float32", "bfloat16", "float16")  # wsteer.models.DTYPES
+TRUE_PRECISIONS = {"bf16-true": "bfloat16", "16-true": "float16", "64-true": "float64"}
+
+
+def check_precision(precision: str, model_dtype: str) -> None:
+    """Refuse a `trainer.precision` that would silently change the dtype of the loaded model."""
+    wanted = TRUE_PRECISIONS.get(precision)
+    if wanted is not None and wanted != model_dtype:
+        fix = (f"load the model in it too (model.dtype={wanted} trainer.precision={precision})"
+               if wanted != "float64" else "use 32-true")
+        raise WsteerError(f"trainer.precision={precision} casts the base model to {wanted} in place, but "
+                          f"model.dtype={model_dtype}: evaluation would then run on rounded weights. Either {fix}, "
+                          f"or keep the model's dtype and train under autocast (trainer.precision=bf16-mixed)")
 
 
 DDP_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true")

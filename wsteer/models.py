@@ -48,13 +48,30 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def model_dtype(model_cfg: DictConfig) -> torch.dtype:
+    """`model.dtype` (float32 | bfloat16 | float16) as a torch dtype: the dtype the weights are loaded and run in."""
+    name = str(model_cfg.get("dtype", "float32"))
+    if name not in DTYPES:
+        raise WsteerError(f"model.dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def dtype_key(model: torch.nn.Module) -> dict:
+    """The weights' dtype for a cache key: `{}` for float32 (so keys written before dtypes were keyed still match),
+    else `{"dtype": "bfloat16"}`. The fingerprint rounds to bf16 on purpose (an fp32 and a bf16 load of one
+    checkpoint agree, so vectors transfer); answers and fine-tunes computed in another dtype must not."""
+    dtype = next(model.parameters()).dtype
+    return {} if dtype == torch.float32 else {"dtype": str(dtype).removeprefix("torch.")}
+
+
 def load_model(model_cfg: DictConfig, cache_dir: str | os.PathLike, device: str = "auto"):
     """Return `(model, tokenizer)` for a `conf/model/*.yaml` node, in eval mode on `device`."""
     target = resolve_device(device)  # before the (possibly slow) load: a bad device fails at once
     source = model_cfg.source
     if source == "tiny":
         tokenizer = build_tiny_tokenizer()
-        model = build_tiny_model(model_cfg, vocab_size=len(tokenizer))
+        # built in fp32 (the same random values at every dtype), then cast as `model.dtype` says
+        model = build_tiny_model(model_cfg, vocab_size=len(tokenizer)).to(model_dtype(model_cfg))
     elif source == "gguf":
         folder = cached_gguf_folder(model_cfg, cache_dir)
         try:
@@ -104,7 +121,7 @@ def _check_hf_path(path: str) -> None:
 def _from_pretrained(path: str, model_cfg: DictConfig, converted: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = DTYPES[model_cfg.get("dtype", "float32")]
+    dtype = model_dtype(model_cfg)
     trust = bool(model_cfg.get("trust_remote_code", False))  # off unless the user opts in
     kwargs = {"revision": model_cfg.get("revision")} if model_cfg.get("revision") else {}
     local = Path(path).expanduser().is_dir()

@@ -22,6 +22,7 @@ from wsteer.errors import WsteerError
 from wsteer.evaluation.base import Evaluator, ItemStore, finite
 from wsteer.evaluation.uncertainty import N_BOOT, flat_uncertainty, summarize
 from wsteer.interrupts import stop_promptly_on_sigterm
+from wsteer.models import dtype_key
 
 
 def bootstrap_settings(cfg) -> dict:
@@ -109,7 +110,9 @@ def _evaluate_all(ctx, evaluators, steerer, ks, judge, root: Path, model_id: str
                 # in the key: a larger limit reuses every item a smaller one finished. The data's contents are: an edited question file
                 # with unchanged ids must not reuse the old answers.
                 settings = {n: v for n, v in ev.settings().items() if n not in ("limit", "sample")}
-                key = stable_hash({"model": model_id, "steering": steering, "k": k, "data": ev.data_hash, **settings})
+                # the weights' dtype too: bf16 answers differ from fp32 ones and must never stand in for them
+                key = stable_hash({"model": model_id, **dtype_key(ctx.model), "steering": steering, "k": k,
+                                   "data": ev.data_hash, **settings})
                 ev.store_folder = root / ev.name / key
                 done = ItemStore(root / ev.name / key).done  # what earlier (killed) runs finished
                 resumed = sum(it["id"] in done for it in items)

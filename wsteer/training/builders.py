@@ -34,6 +34,9 @@ def _c(node) -> dict:
 def training_settings(cfg: DictConfig) -> dict:
     """The key of every paired fine-tune: the trainer settings and the training seed."""
     s = {"trainer": _c(cfg.trainer), "seed": cfg.seed}
+    if str(cfg.model.get("dtype", "float32")) != "float32":
+        # a fine-tune of bf16 base weights is another vector (float32: the key vectors have always had)
+        s["model_dtype"] = str(cfg.model.dtype)
     if s["trainer"].get("devices") in (-1, "-1", "auto") and s["trainer"].get("accelerator") in ("gpu", "cuda"):
         # "all visible GPUs": the global batch is batch_size × their number, so the key holds the number
         import torch
