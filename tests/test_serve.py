@@ -3,12 +3,14 @@
 The served model is the tiny Llama of `model=tiny` with its weights drawn at std 0.2 instead of 0.02 and loaded
 through the HF-folder path (`model.source=hf`): at 0.02 the random model gives the same few bytes to every
 prompt, so "equal answers" would prove nothing; at 0.2 each prompt gets its own answer, batched or alone. Its two
-vectors (sycophancy, evil) are built by the real `train.py` recipe into the test's own cache.
+behaviors (sycophancy, evil) get a weight vector and an activation vector each, built by the real `train.py` recipe
+(`source=lora`, `source=activation`) into the test's own cache.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +35,7 @@ pytest.importorskip("uvicorn")
 
 KEY = "wsteer-test-key-7f3a9c"  # the bearer token; it must never appear in the server's logs
 QUESTIONS = list(OmegaConf.load(CONF / "behavior" / "sycophancy.yaml").heldout_questions)
+ACT_KS = (-2.0, 3.0)  # activation k compared with steer.py method=activation
 
 
 def save_varied_tiny(folder: Path) -> Path:
@@ -66,7 +69,8 @@ def plant_foreign_vector(cache: Path) -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """(tmp dir, the model overrides): the varied tiny model saved, its two vectors trained, a foreign vector."""
+    """(tmp dir, the model overrides): the varied tiny model saved, its two behaviors' weight and activation vectors
+    built, a foreign vector."""
     from wsteer.recipes import train as train_recipe
 
     tmp = tmp_path_factory.mktemp("serve")
@@ -75,8 +79,9 @@ def built(tmp_path_factory):
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("WANDB_MODE", "disabled")
         for behavior in ("sycophancy", "evil"):
-            train_recipe.run(compose_cfg("train", tmp, [*overrides, f"behavior={behavior}",
-                                                        f"output_dir={tmp / behavior}"]))
+            for source in ("lora", "activation"):
+                train_recipe.run(compose_cfg("train", tmp, [*overrides, f"behavior={behavior}", f"source={source}",
+                                                            f"output_dir={tmp / behavior / source}"]))
     plant_foreign_vector(tmp / "cache")
     return tmp, overrides
 
@@ -132,16 +137,19 @@ def server(built):
 
 @pytest.fixture(scope="module")
 def reference(built):
-    """The same model loaded in this process, and the library's vectors: what `steer.py` would compute."""
+    """The same model loaded in this process, and the library's weight and activation vectors: what `steer.py` would
+    compute."""
     from wsteer.models import load_model
-    from wsteer.vectors import WeightVector
+    from wsteer.vectors import DenseVector, WeightVector
 
     tmp, _ = built
     cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / "tiny.yaml"), {"source": "hf", "path": str(tmp / "model")})
     model, tok = load_model(cfg, tmp / "cache", device="cpu")
     vectors = {b: WeightVector.load(next((tmp / "cache").glob(f"vectors/tiny-*/{b}/lora/*/contrastive.safetensors")))
                for b in ("sycophancy", "evil")}
-    return model, tok, vectors
+    activations = {b: DenseVector.load(next((tmp / "cache").glob(f"vectors/tiny-*/{b}/activation/*/activation.safetensors")))
+                   for b in ("sycophancy", "evil")}
+    return model, tok, vectors, activations
 
 
 def ask(client, question: str, model: str = "tiny", max_tokens: int = 24, **kw):
@@ -178,7 +186,7 @@ def test_sixteen_concurrent_requests_with_mixed_k_equal_their_answers_sent_one_a
     from wsteer.library import compose
     from wsteer.steering.weight import WeightSteerer
 
-    model, tok, vectors = reference
+    model, tok, vectors, _ = reference
     steerings = [{}, {"sycophancy": -2}, {"sycophancy": 4}, {"evil": -3}, {"sycophancy": -2, "evil": 1.5}]
     requests = [(QUESTIONS[i % len(QUESTIONS)], steerings[i % len(steerings)]) for i in range(16)]
     client = server.client()
@@ -217,6 +225,110 @@ def test_sixteen_concurrent_requests_with_mixed_k_equal_their_answers_sent_one_a
             with steerer.apply(model, k):
                 want = generate(model, tok, conv, max_new_tokens=24, progress=False)[0]["text"]
         assert alone[requests.index((question, steer))] == want, (question, steer)
+
+
+def test_activation_greedy_answers_equal_steer_py_method_activation_at_the_same_k(server, built):
+    from wsteer.recipes import steer as steer_recipe
+
+    tmp, overrides = built
+    out = tmp / "steer-activation-run"
+    steer_recipe.run(compose_cfg("steer", tmp, [*overrides, "method=activation", f"k=[{ACT_KS[0]},{ACT_KS[1]}]",
+                                                "evaluator=[]", f"output_dir={out}"]))
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert {r["k"] for r in rows} == {0.0, *ACT_KS} and len(rows) == 3 * len(QUESTIONS)
+    # steer.py reused the library's activation vector (the one the server serves); it did not build another
+    assert len(list((tmp / "cache").glob("vectors/tiny-*/sycophancy/activation/*/activation.safetensors"))) == 1
+    client = server.client()
+    for r in rows:
+        extra = {"steer": {"sycophancy": r["k"]}, "method": "activation"} if r["k"] else None
+        assert ask(client, r["question"], extra_body=extra) == r["answer"], (r["k"], r["question"])
+    base = [r["answer"] for r in rows if r["k"] == 0]
+    for k in ACT_KS:  # the steering is real: the answers at each k differ from the base model's
+        assert sum(a != b for a, b in zip(base, [r["answer"] for r in rows if r["k"] == k], strict=True)) >= 10
+
+
+def test_concurrent_weight_and_activation_requests_equal_their_answers_sent_one_at_a_time(server, reference):
+    from wsteer.generation import generate
+    from wsteer.steering.activation import ActivationSteerer
+    from wsteer.steering.weight import WeightSteerer
+
+    model, tok, vectors, activations = reference
+    steerings = [("weight", {}), ("weight", {"sycophancy": -2}), ("activation", {"sycophancy": -2}),
+                 ("activation", {"evil": 3}), ("activation", {"sycophancy": -2, "evil": 1.5}), ("weight", {"evil": 3})]
+    requests = [(QUESTIONS[i % len(QUESTIONS)], *steerings[i % len(steerings)]) for i in range(12)]
+    client = server.client()
+
+    def send(req):
+        question, method, steer = req
+        return ask(client, question, extra_body={"steer": steer, "method": method} if steer else None)
+
+    base_before = [ask(client, q) for q in QUESTIONS[:4]]
+    start = threading.Barrier(len(requests))
+
+    def send_together(req):
+        start.wait()
+        return send(req)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(send_together, requests))
+    alone = [send(req) for req in requests]
+    assert together == alone
+    assert len(set(alone[:6])) == 6  # six steerings, six answers: weight and activation at the same k differ too
+    # the base model is what it was: no hooks and no weight edit outlived its batch
+    assert [ask(client, q) for q in QUESTIONS[:4]] == base_before
+    # each equals wsteer's own generate under the same steering, in this process (a composition: nested applies)
+    for (question, method, steer), got in zip(requests, alone, strict=True):
+        conv = [[{"role": "user", "content": question}]]
+        with contextlib.ExitStack() as stack:
+            for name, k in steer.items():
+                steerer = (ActivationSteerer(activations[name]) if method == "activation"
+                           else WeightSteerer(vectors[name]))
+                stack.enter_context(steerer.apply(model, k))
+            want = generate(model, tok, conv, max_new_tokens=24, progress=False)[0]["text"]
+        assert got == want, (question, method, steer)
+
+
+@pytest.mark.reliability
+def test_activation_batches_leave_the_model_bitwise_unchanged_and_remove_their_hooks_even_on_failure(built, reference,
+                                                                                                     monkeypatch):
+    from tests.conftest import assert_bitwise, snapshot
+    from wsteer.models import fingerprint
+    from wsteer.serving.engine import Job, Row
+    from wsteer.serving.hf import HFEngine
+    from wsteer.serving.schema import Sampling, Steering
+    from wsteer.serving.vectors import ServedLibrary
+
+    tmp, _ = built
+    model, tok, _, _ = reference
+    library = ServedLibrary(tmp / "cache", model, fingerprint(model), "tiny", behavior_model_dir=CONF / "behavior_model")
+    engine = HFEngine(model, tok)
+    prompt = engine.encode_chat([{"role": "user", "content": QUESTIONS[0]}])
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits
+    snap = snapshot(model)
+
+    def unchanged():
+        assert_bitwise(model, snap)
+        assert not any(m._forward_hooks for m in model.modules())
+        with torch.no_grad():
+            assert torch.equal(model(torch.tensor([prompt])).logits, logits)
+
+    answers = []
+    for steering in (Steering(), Steering("activation", (("sycophancy", -2.0),)),
+                     Steering("activation", (("evil", 1.5), ("sycophancy", -2.0))),
+                     Steering("weight", (("sycophancy", -2.0),))):
+        steerer, k = library.resolve(steering)
+        job = Job(steering, steerer, k, Sampling(0.0), [Row(list(prompt), 8)], sink=lambda ev: None)
+        answers.append(engine._generate([job])[0][0]["text"])
+        unchanged()
+    assert all(a != answers[0] for a in answers[1:])  # each steering really steered
+    monkeypatch.setattr(model, "generate", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("boom")))
+    steerer, k = library.resolve(Steering("activation", (("sycophancy", -2.0),)))
+    with pytest.raises(RuntimeError, match="boom"):
+        engine._generate([Job(Steering("activation", (("sycophancy", -2.0),)), steerer, k, Sampling(0.0),
+                              [Row(list(prompt), 8)], sink=lambda ev: None)])
+    monkeypatch.undo()
+    unchanged()
 
 
 def test_streaming_yields_the_same_text_as_a_plain_request(server):
@@ -295,7 +407,13 @@ BAD = [
     ("vector not built", {"model": "refusal@-1"}, "vector_not_built", "python train.py behavior=refusal model=tiny"),
     ("task vector not in the library", {"model": "tiny", "extra_body": {"steer": {"refusal": 1}, "method": "task_vector_pos"}},
      "vector_not_built", "python train.py behavior=refusal"),
-    ("unknown method", {"model": "sycophancy@-2", "extra_body": {"method": "activation"}}, "invalid_value", "method"),
+    ("activation vector not in the library", {"model": "tiny", "extra_body": {"steer": {"refusal": 1},
+                                                                              "method": "activation"}},
+     "vector_not_built", "no 'refusal' activation vector in the library for the served model tiny"),
+    ("activation vector not built, the command", {"model": "tiny", "extra_body": {"steer": {"refusal": 1},
+                                                                                   "method": "activation"}},
+     "vector_not_built", "python train.py behavior=refusal model=tiny source=activation"),
+    ("method not served", {"model": "sycophancy@-2", "extra_body": {"method": "bias"}}, "invalid_value", "method"),
     ("unknown model", {"model": "gpt-4"}, "model_not_found", "sycophancy"),
     ("steering given twice", {"model": "sycophancy@-2", "extra_body": {"steer": {"evil": 1}}}, "invalid_value", "twice"),
     ("misspelled steer", {"model": "tiny", "extra_body": {"steering": {"sycophancy": -2}}}, "unknown_field", '"steer"'),
@@ -342,7 +460,10 @@ def test_models_lists_the_base_and_the_library_vectors_with_their_manifests(serv
     syc = by_id["sycophancy"]
     assert syc["behavior"] == "sycophancy" and syc["base_fingerprint"] == by_id["tiny"]["fingerprint"]
     assert syc["norm"] > 0 and syc["data_hash"] and syc["created"] and syc["schedule"]["name"] == "smoke"
-    assert syc["methods"] == ["weight", "task_vector_pos", "task_vector_neg"]
+    assert syc["methods"] == ["weight", "task_vector_pos", "task_vector_neg", "activation"]
+    n_layers = OmegaConf.load(CONF / "model" / "tiny.yaml").num_layers
+    assert syc["activation"]["layer"] == n_layers // 2 and syc["activation"]["positions"] == "last"  # as steer.py
+    assert syc["activation"]["norm"] > 0 and syc["activation"]["data_hash"] == syc["data_hash"]
     assert syc["usage"]["model"] == "sycophancy@-2"
     other = listing.model_extra["other_base_vectors"]
     assert [o["behavior"] for o in other] == ["french"] and "python train.py behavior=french" in other[0]["why_not"]

@@ -18,14 +18,20 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from wsteer.errors import WsteerError
+from wsteer.serving.activation import served_positions
 from wsteer.serving.backends import check_backend_settings
 
-CONF_BEHAVIORS = Path(__file__).resolve().parents[2] / "conf" / "behavior"
+CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF_BEHAVIORS = CONF / "behavior"
 
 
 def check_settings(cfg: DictConfig) -> None:
     """Every server setting, before the model loads (a typo costs a second)."""
     check_backend_settings(cfg)  # a missing llama-cpp-python / vLLM or base GGUF fails here, in a second
+    served_positions(cfg.backend, cfg.activation.positions)
+    layer = cfg.activation.layer
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 1):
+        raise WsteerError(f"activation.layer must be a layer number ≥ 1 or null (each behavior's own), got {layer!r}")
     for key, lo, hi in (("port", 0, 65535), ("max_batch_rows", 1, 4096), ("default_max_tokens", 1, 1 << 20),
                         ("max_n", 1, 4096)):
         v = cfg[key]
@@ -86,7 +92,9 @@ def run(cfg: DictConfig) -> dict:
     ctx = prepare(cfg)
     library = ServedLibrary(cfg.paths.cache_dir, ctx.model, ctx.fingerprint, cfg.model.name,
                             known_behaviors=[p.stem for p in CONF_BEHAVIORS.glob("*.yaml")],
-                            refresh_s=float(cfg.library_refresh_s))
+                            refresh_s=float(cfg.library_refresh_s), activation_layer=cfg.activation.layer,
+                            activation_positions=served_positions(cfg.backend, cfg.activation.positions),
+                            behavior_model_dir=CONF / "behavior_model")
     engine = make_engine(cfg, ctx.model, ctx.tokenizer, library)
     settings = Settings(model_id=str(cfg.served_model_name), fingerprint=ctx.fingerprint,
                         aliases=frozenset({str(cfg.model.name), str(cfg.model.path)}), api_key=api_key,

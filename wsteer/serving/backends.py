@@ -2,9 +2,9 @@
 
 | backend | runs on | weight steering | activation | status |
 |---|---|---|---|---|
-| hf | CPU, GPU | in-place θ + k·w per batch (`apply`) | no | tested |
-| llamacpp | CPU (llama.cpp) | GGUF LoRA per vector at scale k | no | tested |
-| vllm | CUDA | PEFT LoRA per (vector, k) | no | written against vLLM's API, never run |
+| hf | CPU, GPU | in-place θ + k·w per batch (`apply`) | forward hooks per batch (`apply`), last position | tested |
+| llamacpp | CPU (llama.cpp) | GGUF LoRA per vector at scale k | control vector per batch, every position | tested |
+| vllm | CUDA | PEFT LoRA per (vector, k) | no (400) | written against vLLM's API, never run |
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ The worker gathers every waiting request that steers and decodes the same way (s
 method, same sampling settings) into one batch, and generates the batch inside the steerer's reversible
 `apply(model, k)`. The weights hold θ + k·w only inside that block and only the worker touches the model, so no
 request ever sees another's k, and one loaded model serves every k. Requests with other steering wait for the
-next batch (mixed-k traffic costs more batches, not wrong answers).
+next batch (mixed-k traffic costs more batches, not wrong answers). `"method": "activation"` is the same with the
+activation steerer: its `apply` registers the forward hooks that add k·aˡ for the batch and removes them on exit
+(the weights are never touched), as `steer.py method=activation` generates inside it.
 
 Each batch is decoded exactly as `wsteer.generation.generate` decodes (same prompt rendering, left padding and
 `GenerationConfig`), so a greedy served answer is the answer `steer.py` writes at the same k. Per-row limits

@@ -13,7 +13,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-METHODS = ("weight", "task_vector_pos", "task_vector_neg")  # the weight-arithmetic methods a request may choose
+# the methods a request may choose: the weight-arithmetic ones, and single-layer activation steering
+METHODS = ("weight", "task_vector_pos", "task_vector_neg", "activation")
 BEHAVIOR_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 # Standard OpenAI fields that change nothing here, accepted so that clients which always send them work.
@@ -179,8 +180,8 @@ def parse_steering(body: dict, base_names: set[str]) -> Steering:
     if method is None:
         method = "weight"
     if method not in METHODS:
-        raise APIError(f'"method" must be one of {", ".join(METHODS)}; got {method!r} (activation, bias and prompt '
-                       "methods are not served)", param="method", code="invalid_value")
+        raise APIError(f'"method" must be one of {", ".join(METHODS)}; got {method!r} (the bias, all-layer '
+                       "activation and prompt methods are not served)", param="method", code="invalid_value")
     return Steering(method, tuple(sorted((n, k) for n, k in parts.items() if k != 0)))
 
 

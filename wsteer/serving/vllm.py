@@ -131,6 +131,10 @@ class VLLMEngine(TokenizerSide, QueueEngine):
 
     def plan(self, library, steering: Steering):
         """(steerer, k, (adapter name, id, folder) or None), exporting k·w for a (vector, k) not seen before."""
+        if steering.method == "activation":  # vLLM runs its own model code: there is no residual stream to hook
+            raise APIError('backend=vllm serves the weight methods only; "method": "activation" needs hooks on the '
+                           "model's layers, which vLLM does not offer: serve it with backend=hf or backend=llamacpp",
+                           param="method", code="method_not_served")
         steerer, k = library.resolve(steering)
         if steerer is None:
             return None, 0.0, None
