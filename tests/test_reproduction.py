@@ -157,3 +157,30 @@ def test_c6_checks_use_seeds_as_units_with_a_t_interval(tmp_path):
     checks = C.c6_checks(load(tmp_path / "monitoring.json"))
     assert [c.status for c in checks] == ["holds", "holds", "unresolved", "unresolved"]
     assert C.verdict(checks) == C.INCONCLUSIVE
+
+
+def test_c4_compares_methods_before_mmlu_drops_and_needs_the_judged_cot_check():
+    from wsteer.reproduction.data import Experiment, Row
+
+    rng, n = random.Random(1), 150
+    base_mmlu = [int(rng.random() < 0.4) for _ in range(n)]
+
+    def row(method: str, k: float, p_evil: float, mmlu_keep: float) -> Row:
+        r = Row(method, k)
+        for seed in (0, 1, 2):
+            r.scores[seed] = {
+                C.EVIL: {f"e{i:03d}": int(rng.random() < p_evil) for i in range(n)},
+                C.MMLU: {f"m{i:03d}": a if rng.random() < mmlu_keep else 0 for i, a in enumerate(base_mmlu)}}
+        return r
+
+    settings = [("weight", 0, 0.1, 1), ("weight", 1, 0.3, 1), ("weight", 2, 0.5, 1), ("weight", 4, 0.9, 0.3),
+                ("activation", 0, 0.1, 1), ("activation", 2, 0.2, 1), ("activation", 4, 0.25, 0.3),
+                ("bias", 0, 0.1, 1), ("bias", 2, 0.75, 1),
+                ("task_vector_neg", 0, 0.1, 1), ("task_vector_neg", 2, 0.12, 1)]
+    exp = Experiment("evil", {}, {(m, float(k)): row(m, float(k), p, keep) for m, k, p, keep in settings})
+    assert C.before_mmlu_drops(exp, "weight") == 2.0  # k = 4 is more evil but MMLU has dropped
+    assert C.before_mmlu_drops(exp, "activation") == 2.0
+    checks = C.c4_checks(exp)
+    assert [c.status for c in checks] == ["holds"] * 4 + ["no data"]
+    assert "weight@2 − activation@2" in checks[1].label and "bias@2 − weight@2" in checks[2].label
+    assert C.verdict(checks) == C.INCONCLUSIVE  # the CoT-consistency half is not measured judge-free
