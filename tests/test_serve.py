@@ -491,7 +491,9 @@ def test_bad_settings_are_refused_before_the_model_loads(tmp_path):
     from wsteer.recipes import serve as serve_recipe
 
     for override, words in [("backend=nope", "unknown"),
-                            ("port=70000", "port must be"), ("max_n=64", r"max_n \(64\) must not exceed")]:
+                            ("port=70000", "port must be"), ("max_n=64", r"max_n \(64\) must not exceed"),
+                            ("activation.positions=middle", "activation.positions must be one of last, all"),
+                            ("activation.layer=0", "activation.layer must be a layer number")]:
         cfg = compose_cfg("serve", tmp_path, ["debug=smoke", "logger=none", override])
         with pytest.raises(WsteerError, match=words):
             serve_recipe.run(cfg)

@@ -2,8 +2,8 @@
 llama-cpp-python on the embedded SmolLM2 GGUF), and what can be checked of `vllm` without vLLM or a GPU (its
 start-up refusal, and its per-(vector, k) adapter folders merged with real PEFT).
 
-The served vectors are random low-rank vectors with SmolLM2's shapes, planted in the test's own library under the
-embedded model's fingerprint (a trained vector would take minutes to build; the checks are about the backend
+The served vectors are random low-rank vectors and random activation vectors with SmolLM2's shapes, planted in the
+test's own library under the embedded model's fingerprint (a trained vector would take minutes to build; the checks are about the backend
 applying exactly the file llama.cpp is given, not about what the vector means). The llama.cpp tests skip when
 llama-cpp-python or the embedded model is missing (`bash scripts/setup.sh test` installs both).
 """
@@ -56,6 +56,25 @@ def random_vector(model, fp: str, behavior: str, seed: int, rank: int = 8, scale
                                   "model_name": "smollm2_135m", "lora": {"r": rank // 2, "alpha": rank // 2}})
 
 
+def random_activation(model, fp: str, behavior: str, seed: int, scale: float = 0.5):
+    """An activation-shaped random vector (aˡ for l = 0..L), built 'for' this model; ‖a¹⁵‖ ≈ 12, about the norm of
+    a trained sycophancy vector's deeper layers on SmolLM2, so k = -2 steers visibly."""
+    from wsteer.vectors import DenseVector
+
+    g = torch.Generator().manual_seed(100 + seed)
+    n_layers, d = model.config.num_hidden_layers, model.config.hidden_size
+    return DenseVector({str(i): torch.randn(d, generator=g) * scale for i in range(n_layers + 1)},
+                       {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "base_fingerprint": fp,
+                        "behavior": behavior, "method": "activation", "model_name": "smollm2_135m", "n_layers": n_layers})
+
+
+def plant(vector, cache: Path, fp: str, behavior: str, source: str, artifact: str, i: int) -> None:
+    where = cache / "vectors" / f"smollm2_135m-{fp[:12]}" / behavior / source / f"00000000000{i}-00000000"
+    where.mkdir(parents=True)
+    vector.save(where / f"{artifact}.safetensors")
+    (where / "COMPLETE").write_text("{}")
+
+
 @pytest.fixture(scope="module")
 def smollm():
     """(model, tokenizer, its converted HF folder, the GGUF it came from): the embedded default model."""
@@ -84,16 +103,16 @@ class Server:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, smollm):
-    """A `backend=llamacpp` server over a library holding two vectors for the embedded model; (server, vectors)."""
+    """A `backend=llamacpp` server over a library holding two weight and two activation vectors for the embedded model;
+    (server, {behavior: weight vector, "<behavior>:activation": activation vector}, tmp)."""
     model, _, folder, base_gguf, fp = smollm
     tmp = tmp_path_factory.mktemp("serve_llamacpp")
     vectors = {}
     for i, behavior in enumerate(("sycophancy", "evil")):
         vectors[behavior] = random_vector(model, fp, behavior, seed=i)
-        where = tmp / "cache" / "vectors" / f"smollm2_135m-{fp[:12]}" / behavior / "lora" / f"00000000000{i}-00000000"
-        where.mkdir(parents=True)
-        vectors[behavior].save(where / "contrastive.safetensors")
-        (where / "COMPLETE").write_text("{}")
+        plant(vectors[behavior], tmp / "cache", fp, behavior, "lora", "contrastive", i)
+        vectors[f"{behavior}:activation"] = random_activation(model, fp, behavior, seed=i)
+        plant(vectors[f"{behavior}:activation"], tmp / "cache", fp, behavior, "activation", "activation", i)
     log = tmp / "server.log"
     cmd = [sys.executable, "serve.py", "backend=llamacpp", "model=smollm2_135m", "model.source=hf",
            f"model.path={folder}", f"base_gguf={base_gguf}", f"llamacpp.n_ctx={N_CTX}", f"llamacpp.n_threads={THREADS}",
@@ -123,15 +142,19 @@ def ask(client, question: str, model: str = "smollm2_135m", max_tokens: int = MA
     return r.choices[0].message.content
 
 
-def direct(tok, base_gguf, questions, lora=None, scale: float = 1.0) -> list[str]:
-    """llama-cpp-python alone: `Llama(lora_path=..., lora_scale=...)` and its own greedy `create_completion` on the
-    prompt ids `steer.py` renders (the server's prompts), text stripped as chat answers are."""
+def direct(tok, base_gguf, questions, lora=None, scale: float = 1.0, control=None) -> list[str]:
+    """llama-cpp-python alone: `Llama(lora_path=..., lora_scale=...)` (or a control vector file at strength `scale`, as
+    `--control-vector-scaled` sets it) and its own greedy `create_completion` on the prompt ids `steer.py` renders
+    (the server's prompts), text stripped as chat answers are."""
     from llama_cpp import Llama
 
+    from wsteer.control_vector import apply_control_vector
     from wsteer.generation import render_prompt
 
     llm = Llama(model_path=str(base_gguf), lora_path=str(lora) if lora else None, lora_scale=scale, n_ctx=N_CTX,
                 n_threads=THREADS, seed=0, verbose=False)
+    if control is not None:
+        apply_control_vector(llm, control, scale)
     try:
         out = []
         for q in questions:
@@ -177,15 +200,37 @@ def test_the_steered_alias_is_llama_cpp_with_the_exported_adapter_at_scale_k(ser
 
 
 @needs_llama_cpp
+def test_activation_is_llama_cpps_own_control_vector_at_strength_k(served, smollm, tmp_path):
+    from wsteer.control_vector import export_control_vector
+
+    server, vectors, _ = served
+    _, tok, _, base_gguf, _ = smollm
+    qs = QUESTIONS[:2]
+    # the layer steer.py method=activation uses for sycophancy on this model, and the file steer.py export_gguf writes
+    layer = OmegaConf.load(CONF / "behavior_model" / "sycophancy_smollm2_135m.yaml").activation_layer
+    path = export_control_vector(vectors["sycophancy:activation"], tmp_path / "cv.gguf", layer=layer)
+    want = direct(tok, base_gguf, qs, scale=-2.0, control=path)
+    client = server.client()
+    got = [ask(client, q, extra_body={"steer": {"sycophancy": -2}, "method": "activation"}) for q in qs]
+    assert got == want
+    assert got != [ask(client, q) for q in qs]  # the control vector really steers, and is cleared after its batch
+    listed = {m.id: m.model_extra["wsteer"] for m in client.models.list().data}["sycophancy"]
+    assert listed["methods"][-1] == "activation" and listed["activation"]["layer"] == layer
+    assert listed["activation"]["positions"] == "all"  # llama.cpp adds at every position: said, not hidden
+
+
+@needs_llama_cpp
 def test_eight_concurrent_mixed_k_requests_equal_their_answers_sent_one_at_a_time(served):
     server, _, _ = served
-    steerings = [{}, {"sycophancy": -2}, {"sycophancy": 2}, {"evil": -3}, {"sycophancy": -2, "evil": 1.5}]
-    requests = [(QUESTIONS[i % 4], steerings[i % len(steerings)]) for i in range(8)]
+    steerings = [("weight", {}), ("weight", {"sycophancy": -2}), ("weight", {"sycophancy": 2}), ("weight", {"evil": -3}),
+                 ("weight", {"sycophancy": -2, "evil": 1.5}), ("activation", {"sycophancy": -2}),
+                 ("activation", {"sycophancy": -2, "evil": 1.5})]
+    requests = [(QUESTIONS[i % 4], *steerings[i % len(steerings)]) for i in range(10)]
     client = server.client()
 
     def send(req):
-        question, steer = req
-        return ask(client, question, extra_body={"steer": steer} if steer else None)
+        question, method, steer = req
+        return ask(client, question, extra_body={"steer": steer, "method": method} if steer else None)
 
     start = threading.Barrier(len(requests))
 
@@ -197,7 +242,7 @@ def test_eight_concurrent_mixed_k_requests_equal_their_answers_sent_one_at_a_tim
         together = list(pool.map(send_together, requests))
     alone = [send(req) for req in requests]
     assert together == alone
-    assert len(set(alone[:5])) == 5  # five different steerings (and prompts): five different answers
+    assert len(set(alone[:7])) == 7  # seven different steerings (and prompts): seven different answers
 
 
 @needs_llama_cpp
@@ -221,7 +266,9 @@ def test_streaming_and_seeded_sampling(served):
 
 
 BAD = [
-    ({"model": "smollm2_135m", "extra_body": {"steer": {"sycophancy": -2}, "method": "activation"}}, "invalid_value",
+    ({"model": "smollm2_135m", "extra_body": {"steer": {"refusal": -2}, "method": "activation"}}, "vector_not_built",
+     "python train.py behavior=refusal model=smollm2_135m source=activation"),
+    ({"model": "smollm2_135m", "extra_body": {"steer": {"sycophancy": -2}, "method": "bias"}}, "invalid_value",
      "method"),
     ({"model": "nosuch@-2"}, "unknown_behavior", "known behaviors"),
     ({"model": "refusal@-1"}, "vector_not_built", "python train.py behavior=refusal model=smollm2_135m"),
@@ -250,11 +297,13 @@ def test_backends_that_cannot_run_are_refused_before_the_model_loads(tmp_path):
 
     cases = [(["model=tiny", "backend=llamacpp"], "convert_hf_to_gguf.py and pass base_gguf=FILE.gguf"),
              (["backend=llamacpp", f"base_gguf={tmp_path / 'missing.gguf'}"], "does not exist"),
-             (["backend=llamacpp", "model=smollm2_135m", "llamacpp.n_threads=0"], "llamacpp.n_threads must be")]
+             (["backend=llamacpp", "model=smollm2_135m", "llamacpp.n_threads=0"], "llamacpp.n_threads must be"),
+             (["backend=llamacpp", "model=smollm2_135m", "activation.positions=last"],
+              "activation.positions=last cannot be served by it")]
     if importlib.util.find_spec("vllm") is None:
         cases.append((["backend=vllm"], r"pip install vllm` on a CUDA machine"))
     if importlib.util.find_spec("llama_cpp") is None:
-        cases = [(["backend=llamacpp"], "pip install llama-cpp-python")] + cases[3:]
+        cases = [(["backend=llamacpp"], "pip install llama-cpp-python")] + cases[4:]
     for overrides, words in cases:
         cfg = compose_cfg("serve", tmp_path, ["debug=smoke", "logger=none", *overrides])
         with pytest.raises(WsteerError, match=words):

@@ -12,6 +12,12 @@ llama.cpp's `llama_context::set_adapters_lora` replaces the whole set, and drops
 the rows one after another, then clears the set (n = 0). The adapter set only changes between batches and the
 KV cache is dropped before every row, so no request ever sees another's k.
 
+`"method": "activation"` is a llama.cpp control vector instead: k·aˡ (each behavior of a composition at its own k,
+summed per layer) set with `llama_set_adapter_cvec` for the batch and cleared after, the direction
+`steer.py export_gguf=true` writes and `--control-vector-scaled FILE:k` applies. llama.cpp adds it at every
+position, so it serves `activation.positions=all` (`wsteer.serving.activation`). Every layer's direction is set
+each time (zeros where nothing is added): llama.cpp keeps a layer's old direction when the data stops short of it.
+
 Prompts are rendered and answers decoded by the served model's HF tokenizer (the token ids `steer.py` uses);
 llama.cpp sees token ids only. Decoding stops at llama.cpp's end-of-generation tokens.
 """
@@ -26,8 +32,12 @@ import random
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from wsteer.errors import WsteerError
+from wsteer.serving.activation import control_vector
 from wsteer.serving.engine import Job, QueueEngine, Row, emitter, finish_row, take_token
 from wsteer.serving.hf import TokenizerSide
 from wsteer.serving.schema import APIError, Steering
@@ -41,6 +51,13 @@ def check_llama_cpp() -> None:
     if importlib.util.find_spec("llama_cpp") is None:
         raise WsteerError("backend=llamacpp needs llama-cpp-python, which is not installed: `pip install "
                           "llama-cpp-python` (or `bash scripts/setup.sh test`, which builds it); or serve with backend=hf")
+
+
+class ControlVector(NamedTuple):
+    """A batch's activation steering for llama.cpp: `llama_set_adapter_cvec`'s data, one row per block from 1."""
+
+    n_embd: int
+    data: np.ndarray
 
 
 def adapter_file(vector, vector_path: str, method: str, base_gguf: Path, out_dir: Path,
@@ -106,7 +123,10 @@ class LlamaCppEngine(TokenizerSide, QueueEngine):
         return self.llm.n_ctx()
 
     def plan(self, library, steering: Steering):
-        """((adapter file, scale), ...) for the steering, exporting any vector not exported yet."""
+        """((adapter file, scale), ...) for the steering, exporting any vector not exported yet; for activation
+        steering the `ControlVector` to set."""
+        if steering.method == "activation":
+            return None, 0.0, self._control_vector(library, steering)
         plan = []
         for vector_path, vector, k in library.parts(steering):
             try:
@@ -120,12 +140,29 @@ class LlamaCppEngine(TokenizerSide, QueueEngine):
             plan.append((str(path), float(k)))
         return None, 0.0, tuple(plan)
 
+    def _control_vector(self, library, steering: Steering) -> ControlVector | None:
+        steerer, k = library.resolve(steering)
+        if steerer is None:
+            return None
+        try:
+            n_embd, data = control_vector(steerer, k)
+        except WsteerError as e:
+            raise APIError(f"{steering.label()} cannot be served by llama.cpp: {e}", param="steer",
+                           code="vector_unusable") from e
+        want = (self._cpp.llama_model_n_embd(self.llm.model), self._cpp.llama_model_n_layer(self.llm.model))
+        if (n_embd, data.size // n_embd + 1) != want:
+            raise APIError(f"{steering.label()}: the activation vector has {data.size // n_embd + 1} layers × {n_embd} "
+                           f"dims but {self.base_gguf} has {want[1]} × {want[0]}; base_gguf= is not the served model",
+                           param="steer", code="vector_unusable")
+        return ControlVector(n_embd, data)
+
     def stats(self) -> dict:
         return {**super().stats(), "adapters_loaded": len(self._adapters), "adapters_exported": self._exported}
 
     def stop(self) -> None:
         super().stop()
         self._set_adapters([])
+        self._set_control_vector(None)
         for adapter in self._adapters.values():
             self._cpp.llama_adapter_lora_free(adapter)
         self._adapters.clear()
@@ -153,12 +190,28 @@ class LlamaCppEngine(TokenizerSide, QueueEngine):
         if self._cpp.llama_set_adapters_lora(self.llm.ctx, arr, n, scales):
             raise RuntimeError(f"llama.cpp refused the adapters {[p for p, _ in plan]}")
 
+    def _set_control_vector(self, cv: ControlVector | None) -> None:
+        if cv is None:
+            rc = self._cpp.llama_set_adapter_cvec(self.llm.ctx, None, 0, 0, -1, -1)  # off (layer range -1..-1)
+        else:
+            buf = (ctypes.c_float * cv.data.size).from_buffer_copy(np.ascontiguousarray(cv.data).tobytes())
+            # blocks 1..n_layer, as llama.cpp's --control-vector-scaled applies a control vector
+            rc = self._cpp.llama_set_adapter_cvec(self.llm.ctx, buf, cv.data.size, cv.n_embd, 1,
+                                                  self._cpp.llama_model_n_layer(self.llm.model))
+        if rc:
+            raise RuntimeError("llama.cpp refused the control vector")
+
     def _generate(self, jobs: list[Job]) -> list[list[dict]]:
-        self._set_adapters(jobs[0].plan or ())
+        plan = jobs[0].plan
+        if isinstance(plan, ControlVector):
+            self._set_control_vector(plan)
+        else:
+            self._set_adapters(plan or ())
         try:
             return [[self._answer(job, i, row) for i, row in enumerate(job.rows)] for job in jobs]
-        finally:
-            self._set_adapters([])  # the base model again: nothing set can leak into the next batch
+        finally:  # the base model again: nothing set can leak into the next batch
+            self._set_adapters([])
+            self._set_control_vector(None)
 
     def _answer(self, job: Job, index: int, row: Row) -> dict:
         s = job.sampling
