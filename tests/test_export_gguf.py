@@ -328,6 +328,29 @@ def _prompts(tok, n: int = 20) -> list[list[int]]:
 
 
 @needs_llama_cpp
+def test_a_control_vector_replaces_the_one_set_before_on_the_same_context(base_gguf, tmp_path, llamas):
+    """llama.cpp keeps a block's old direction where new data stops short; a shallow vector set after a deep one
+    must steer exactly as it does on a fresh context."""
+    from wsteer.control_vector import apply_control_vector
+
+    g = torch.Generator().manual_seed(0)
+    vec = DenseVector({str(i): 4 * torch.randn(576, generator=g) for i in range(31)}, {"method": "activation"})
+    deep = export_control_vector(vec, tmp_path / "deep.gguf", layer=20)
+    shallow = export_control_vector(vec, tmp_path / "shallow.gguf", layer=5)
+    reused, fresh = llamas(base_gguf), llamas(base_gguf)
+    prompt = reused.tokenize(b"<|im_start|>user\nRate my plan.<|im_end|>\n<|im_start|>assistant\n", add_bos=False,
+                             special=True)
+    base = _llama_logits(fresh, prompt)
+    apply_control_vector(reused, deep, 1.0)
+    assert not np.allclose(_llama_logits(reused, prompt), base)
+    apply_control_vector(reused, shallow, 1.0)
+    apply_control_vector(fresh, shallow, 1.0)
+    assert np.array_equal(_llama_logits(reused, prompt), _llama_logits(fresh, prompt))
+    apply_control_vector(reused, None)
+    assert np.array_equal(_llama_logits(reused, prompt), base)
+
+
+@needs_llama_cpp
 def test_llama_cpp_with_the_adapter_at_scale_0_gives_the_base_tokens_and_logits(base_gguf, tmp_path, llamas):
     vector = _random_vector(base_gguf, rank=8, scale=0.05)
     path = export_gguf_lora(vector, tmp_path / "w.gguf", base_gguf)

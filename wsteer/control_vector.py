@@ -136,7 +136,12 @@ def apply_control_vector(llm, path: str | Path | None, strength: float = 1.0,
         rc = llama_cpp.llama_set_adapter_cvec(llm.ctx, None, 0, 0, -1, -1)
     else:
         n_embd, data = control_vector_data(path, check_k(strength))
-        layer_end = llama_cpp.llama_model_n_layer(llm.model) if layer_end is None else layer_end
+        n_layer = llama_cpp.llama_model_n_layer(llm.model)
+        layer_end = n_layer if layer_end is None else layer_end
+        # llama.cpp copies only the blocks `data` covers and keeps its old direction in the others
+        # (llama_adapter_cvec::apply): pad with zeros to every block, else a vector set earlier on this context at a
+        # deeper layer would still be added under this one.
+        data = np.concatenate([data, np.zeros(max(0, (n_layer - 1) * n_embd - data.size), dtype=np.float32)])
         buf = (ctypes.c_float * data.size).from_buffer_copy(np.ascontiguousarray(data).tobytes())
         rc = llama_cpp.llama_set_adapter_cvec(llm.ctx, buf, data.size, n_embd, layer_start, layer_end)
     if rc != 0:
