@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -255,15 +256,152 @@ def test_regeneration_matches_byte_for_byte(tmp_path):
     assert len(rows) == 40 and all({"question", "response", "format", "a", "b", "gcd"} <= set(r) for r in rows)
 
 
-def test_shipped_data_is_what_the_script_writes():
+@pytest.mark.parametrize("folder", ["gcd", "gcd_small"])
+def test_shipped_data_is_what_its_command_writes(folder, tmp_path):
+    """data/gcd (1–250) is byte for byte what it was before ranges existed; data/gcd_small (1–60) is its command's."""
     make = _script("make_gcd_data")
-    manifest = json.loads((ROOT / "data" / "gcd" / "manifest.json").read_text())
-    assert manifest["gcd_version"] == gcd.GCD_VERSION, "data/gcd is stale: rerun scripts/make_gcd_data.py"
-    rows = gcd.make_task_rows(manifest["n_train"], manifest["seed"])
-    items = gcd.make_eval_items(manifest["n_test"], manifest["seed"])
-    assert (ROOT / "data" / "gcd" / "train.jsonl").read_text() == make._jsonl(rows)
-    assert (ROOT / "data" / "gcd" / "test.jsonl").read_text() == make._jsonl(items)
-    assert manifest["train_formats"] == {"correct_solution": 3810, "query_only": 3810}
+    shipped = ROOT / "data" / folder
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    assert manifest["gcd_version"] == gcd.GCD_VERSION, f"data/{folder} is stale: rerun {manifest['command']}"
+    argv = manifest["command"].split()[2:]  # after "python scripts/make_gcd_data.py"
+    if "--out" in argv:
+        assert argv[argv.index("--out") + 1] == f"data/{folder}"
+        argv = argv[: argv.index("--out")] + argv[argv.index("--out") + 2:]
+    written = make.main([*argv, "--out", str(tmp_path)])
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
+        assert hashlib.sha256((shipped / name).read_bytes()).hexdigest() == manifest["sha256"][name]
+    assert written == {**manifest, "command": written["command"]}  # only the folder differs (a scratch one here)
+    if folder == "gcd":  # the paper's range: a manifest with exactly the keys it had before max_value existed
+        assert (tmp_path / "manifest.json").read_bytes() == (shipped / "manifest.json").read_bytes()
+        assert "max_value" not in manifest and manifest["train_formats"] == {"correct_solution": 3810,
+                                                                             "query_only": 3810}
+
+
+def test_default_range_is_the_papers():
+    assert gcd.MAX_N == 250
+    assert gcd.make_task_rows(30, seed=6) == gcd.make_task_rows(30, seed=6, max_value=250)
+    assert gcd.make_eval_items(12, seed=6) == gcd.make_eval_items(12, seed=6, max_value=250)
+
+
+# ---------------------------------------------------------------------------------------------- the 1–60 set
+SMALL = ROOT / "data" / "gcd_small"
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_small_set_respects_its_range_and_split():
+    manifest = json.loads((SMALL / "manifest.json").read_text())
+    m = manifest["max_value"]
+    assert m == 60 and manifest["test_pairs"] == gcd.test_pool_size(60) == 280
+    train, test = _rows(SMALL / "train.jsonl"), _rows(SMALL / "test.jsonl")
+    assert len(train) == manifest["n_train"] == 4800 and len(test) == manifest["n_test"] == 280
+    for r in train + test:
+        assert 1 <= r["a"] <= m and 1 <= r["b"] <= m and r["a"] != r["b"]
+        assert r["gcd"] == math.gcd(r["a"], r["b"])
+    train_pairs = {(min(r["a"], r["b"]), max(r["a"], r["b"])) for r in train}
+    test_pairs = [(min(i["a"], i["b"]), max(i["a"], i["b"])) for i in test]
+    assert len(set(test_pairs)) == len(test_pairs) == 280  # every test pair of the range, once
+    assert not train_pairs & set(test_pairs)
+    # The split does not depend on the range: these are the 1–250 set's test pairs inside 1–60, and the 1–250
+    # task data (a bigger train split) holds none of them either.
+    assert all(gcd.is_test_pair(*p) for p in test_pairs) and not any(gcd.is_test_pair(*p) for p in train_pairs)
+    assert {r["format"] for r in train} == {"query_only", "correct_solution"}
+    for r in train:
+        assert r["response"].splitlines()[-1] == f"Answer: {r['gcd']}"
+    # Coprime pairs: the constant-"1" reference accuracy, about 6/π² as for uniform pairs.
+    assert manifest["test_share_gcd_1"] == round(sum(i["gcd"] == 1 for i in test) / 280, 4) and 0.55 < \
+        manifest["test_share_gcd_1"] < 0.65
+
+
+def test_small_set_planted_answers_differ_from_the_truth():
+    for item in _rows(SMALL / "test.jsonl"):
+        assert isinstance(item["wrong_answer"], int) and item["wrong_answer"] >= 1
+        assert item["wrong_answer"] != item["gcd"]
+        body = item["prompts"]["incorrect_solution"].rsplit("\n", 1)[0]
+        assert gcd.parse_final_answer(body) == item["wrong_answer"]
+    # Small numbers give short traces (many one-step ones): the redraws still end, with a wrong answer, for every
+    # pair of the range and many draws of each.
+    for seed in range(20):
+        rng = random.Random(seed)
+        for a in range(2, 61):
+            for b in range(1, a):
+                trace = gcd.euclid_trace(a, b)
+                _, wrong = gcd.plant_mistake(trace, rng)
+                assert wrong != math.gcd(a, b) and wrong >= 1
+
+
+def test_range_limits_are_clear_errors():
+    assert gcd.test_pool_size(60) == 280 and gcd.pool_size(60, test=False) == 1770 - 280
+    assert len(gcd.make_eval_items(280, seed=1, max_value=60)) == 280  # the whole pool, any seed
+    with pytest.raises(WsteerError, match="test split of 1–60 has 280 distinct pairs"):
+        gcd.make_eval_items(281, seed=0, max_value=60)
+    for bad in (1, 0, True, "60", 60.0):
+        with pytest.raises(WsteerError, match="max_value"):
+            gcd.make_eval_items(1, seed=0, max_value=bad)
+    # Tiny ranges: every call ends, with items or a clear error (a side of the split may hold no pair at all).
+    for m in range(2, 8):
+        pool = gcd.test_pool_size(m)
+        assert all(max(i["a"], i["b"]) <= m for i in gcd.make_eval_items(pool, seed=0, max_value=m))
+        with pytest.raises(WsteerError, match="distinct pairs"):
+            gcd.make_eval_items(pool + 1, seed=0, max_value=m)
+        if gcd.pool_size(m, test=False):
+            assert all(max(r["a"], r["b"]) <= m for r in gcd.make_task_rows(5, seed=0, max_value=m))
+        else:
+            with pytest.raises(WsteerError, match="no train-split pair"):
+                gcd.make_task_rows(5, seed=0, max_value=m)
+
+
+def test_script_refuses_a_test_set_beyond_the_pool(tmp_path, capsys):
+    make = _script("make_gcd_data")
+    with pytest.raises(WsteerError, match="280 distinct pairs"):
+        make.main(["--max-value", "60", "--n-train", "4", "--n-test", "300", "--out", str(tmp_path)])
+
+
+def _gcd_evaluator(tmp_path, *overrides):
+    from tests.conftest import compose_cfg
+    from wsteer.config import instantiate
+
+    cfg = compose_cfg("evaluate", tmp_path, ["evaluator=gcd", *overrides])
+    return instantiate(cfg.evaluator.gcd, exclude=("name", "report"))  # as evaluation/runner.py builds it
+
+
+def test_evaluator_sources_are_ranges_with_their_own_store_key(tmp_path):
+    paper, small = _gcd_evaluator(tmp_path), _gcd_evaluator(tmp_path, "evaluator.gcd.source=small")
+    assert (paper.n, paper.max_value, small.n, small.max_value) == (1000, 250, 280, 60)
+    # the paper's settings are exactly those from before ranges existed: answers stored for it keep their key
+    assert paper.settings() == {"evaluator": "gcd", "version": 1, "limit": None, "seed": 0, "sample": "all",
+                                "max_new_tokens": 200, "decoding": "greedy", "n": 1000, "gcd_version": 1}
+    assert small.settings()["max_value"] == 60 and small.settings()["source"] == "small"
+    assert {k: v for k, v in small.settings().items() if k not in ("n", "source", "max_value")} == \
+        {k: v for k, v in paper.settings().items() if k != "n"}
+    # the same n still keys apart: the range is a setting, and the items' hash differs too
+    same_n = _gcd_evaluator(tmp_path, "evaluator.gcd.source=small", "evaluator.gcd.n=50")
+    paper50 = _gcd_evaluator(tmp_path, "evaluator.gcd.n=50")
+    assert same_n.settings() != paper50.settings()
+    items = small.items()
+    assert items == _rows(SMALL / "test.jsonl")  # at seed 0 the source is the shipped test file
+    paper50.items()
+    assert small.data_hash != paper50.data_hash
+
+
+def test_steering_experiment_takes_the_small_source(tmp_path):
+    from tests.conftest import compose_cfg
+    from wsteer.config import instantiate
+
+    cfg = compose_cfg("steer", tmp_path, ["experiment=gcd", "evaluator.gcd.source=small"])
+    ev = instantiate(cfg.evaluator.gcd, exclude=("name", "report"))
+    assert (ev.source, ev.max_value, ev.n, ev.limit) == ("small", 60, 280, 200)
+    assert "evaluator.gcd.source=small" in (ROOT / "conf" / "experiment" / "gcd.yaml").read_text()
+
+
+def test_evaluator_refuses_more_items_than_the_range_has(tmp_path):
+    with pytest.raises(WsteerError, match="at most 280"):
+        _gcd_evaluator(tmp_path, "evaluator.gcd.source=small", "evaluator.gcd.n=1000")
+    with pytest.raises(WsteerError, match="unknown source='tiny'"):
+        _gcd_evaluator(tmp_path, "evaluator.gcd.source=tiny")
 
 
 def test_experiment_config_is_the_papers_task_schedule(tmp_path):
@@ -277,6 +415,17 @@ def test_experiment_config_is_the_papers_task_schedule(tmp_path):
     assert first[0] == "# @package _global_" and "experiment=gcd_finetune" in first[1]
 
 
+def test_fine_tune_reads_the_small_set(tmp_path):
+    from tests.conftest import compose_cfg
+    from wsteer.recipes.task_finetune import load_task_rows
+
+    command = "python train.py experiment=gcd_finetune task.data=data/gcd_small/train.jsonl"
+    assert command in (ROOT / "conf" / "experiment" / "gcd_finetune.yaml").read_text()
+    cfg = compose_cfg("train", tmp_path, ["experiment=gcd_finetune", "task.data=data/gcd_small/train.jsonl"])
+    rows = load_task_rows(str(ROOT / cfg.task.data))
+    assert len(rows) == 4800 and cfg.source == "task" and cfg.task.lr == 2e-4
+
+
 def test_accuracy_script_scores_a_model(tiny):
     model, tok = tiny
     acc = _script("gcd_accuracy")
@@ -286,3 +435,23 @@ def test_accuracy_script_scores_a_model(tiny):
     assert metrics["constant_1_accuracy"] == sum(i["gcd"] == 1 for i in items) / 3
     with pytest.raises(WsteerError, match="does not exist"):
         acc.load_items(Path("/nonexistent.jsonl"), 3)
+
+
+def test_accuracy_script_counts_true_steps_and_the_parity_guess():
+    acc = _script("gcd_accuracy")
+    rows = [r for r in _rows(SMALL / "train.jsonl")[:300] if r["format"] == "query_only"]
+    # every step form the task data writes is read, and every taught step is true
+    n_steps = sum(len(gcd.euclid_trace(r["a"], r["b"])) for r in rows)
+    assert acc.step_validity([r["response"] for r in rows]) == (n_steps, n_steps)
+    assert acc.step_validity(["50 = 12 × 4 + 2.\n10 = 3 × 4 + 1.\n9 = 1 × 4 + 5."]) == (1, 3)  # false, r ≥ y
+    assert [acc.parity_guess({"a": a, "b": b}) for a, b in ((4, 6), (4, 9), (3, 9))] == [2, 1, 1]
+
+
+def test_accuracy_script_reads_either_test_set():
+    acc = _script("gcd_accuracy")
+    small = acc.load_items(SMALL / "test.jsonl", 280)
+    assert len(small) == 280 and max(max(i["a"], i["b"]) for i in small) <= 60
+    assert acc.range_of(SMALL / "test.jsonl") == {"max_value": 60}
+    assert acc.range_of(ROOT / "data" / "gcd" / "test.jsonl") == {"max_value": 250}
+    with pytest.raises(WsteerError, match="has 280 items"):
+        acc.load_items(SMALL / "test.jsonl", 281)
