@@ -20,6 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--notes", default="", help="one paragraph on the setting (reused items, interruptions)")
     ex.add_argument("--out-dir", default="docs/reproduction")
     ex.add_argument("--code-commit", default=None, help="the commit the sweep ran (default: this checkout's)")
+    er = sub.add_parser("export-runs", help="keep single evaluate.py runs (e.g. a base and its task fine-tune) as "
+                        "the rows <label>@0 of docs/reproduction/<name>.json")
+    er.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="repeat")
+    er.add_argument("--name", required=True)
+    er.add_argument("--metric", action="append", required=True, help="<evaluator>/<metric>; repeat")
+    er.add_argument("--command", action="append", required=True, help="the command(s) that made the runs; repeat")
+    er.add_argument("--notes", default="")
+    er.add_argument("--out-dir", default="docs/reproduction")
+    er.add_argument("--code-commit", default=None)
+    er.add_argument("--wall-s", type=float, default=None, help="the measured wall time of making the runs")
     em = sub.add_parser("export-monitoring", help="keep a finished monitoring sweep's cosines and curves as "
                         "docs/reproduction/monitoring.json")
     em.add_argument("sweep_dir")
@@ -39,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
 
             out = export(args.sweep_dir, Path(args.out_dir) / f"{args.name}.json", args.name, args.metric,
                          args.command, args.notes, args.code_commit)
+            print(f"wsteer: wrote {out}")
+        elif args.cmd == "export-runs":
+            from wsteer.reproduction.data import export_runs
+
+            bad = [r for r in args.run if "=" not in r]
+            if bad:
+                raise WsteerError(f"--run {bad[0]!r}: write LABEL=DIR, e.g. --run base=outputs/eval/base")
+            runs = dict(r.split("=", 1) for r in args.run)
+            out = export_runs(runs, Path(args.out_dir) / f"{args.name}.json", args.name, args.metric, args.command,
+                              args.notes, args.code_commit, args.wall_s)
             print(f"wsteer: wrote {out}")
         elif args.cmd == "export-monitoring":
             from wsteer.reproduction.monitoring import export_monitoring

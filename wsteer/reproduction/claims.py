@@ -179,6 +179,37 @@ def _cot_check(exp: Experiment, kw: float | None) -> Estimate | None:
     return exp.difference(("weight", kw), ("weight", 0.0), m)
 
 
+# ---- refusal (paper §4.3, Fig 6) -------------------------------------------------------------------------------
+
+REFUSAL, GSM8K = "safety/refusal_rate", "gsm8k/accuracy"
+FT = "gsm8k_ft"  # the unsteered GSM8K task fine-tune θ_ft; "base" is θ
+
+
+def c5_checks(exp: Experiment) -> list[Check]:
+    """The premise first (the fine-tune erodes refusals), then θ_ft + k·w_refusal against θ_ft once steered rows
+    (method weight / task_vector_pos on base_adapter=θ_ft) are committed."""
+    out = []
+    if ("base", 0.0) in exp.rows and (FT, 0.0) in exp.rows:
+        out.append(Check(f"premise: the GSM8K fine-tune erodes refusals: refusal rate, {FT} − base", "< 0",
+                         exp.difference((FT, 0.0), ("base", 0.0), REFUSAL)))
+    if (FT, 0.0) not in exp.rows:
+        return out
+    kw = _most(exp, "weight", [k for k in exp.ks("weight") if k > 0], REFUSAL, lowest=False)
+    if kw is None:
+        out.append(Check("θ_ft + k·w_refusal restores refusals (not run: the premise comes first)", "> 0", None))
+        return out
+    out += [Check(f"weight steering restores refusals: refusal rate, weight@{kw:g} − {FT}", "> 0",
+                  exp.difference(("weight", kw), (FT, 0.0), REFUSAL)),
+            Check(f"… with little GSM8K loss: accuracy, weight@{kw:g} − {FT}", "≥ 0",
+                  exp.difference(("weight", kw), (FT, 0.0), GSM8K))]
+    kt = _most(exp, "task_vector_pos", [k for k in exp.ks("task_vector_pos") if k > 0], REFUSAL, lowest=False)
+    if kt is not None:
+        out.append(Check(f"the refusal task vector alone does not: refusal rate, weight@{kw:g} − "
+                         f"task_vector_pos@{kt:g}", "> 0",
+                         exp.difference(("weight", kw), ("task_vector_pos", kt), REFUSAL)))
+    return out
+
+
 # ---- monitoring (paper §5, Figs 8, 9, 36) ---------------------------------------------------------------------
 
 def c6_checks(mon) -> list[Check]:
@@ -256,7 +287,8 @@ CLAIMS = [
           "little GSM8K loss; the refusal task vector alone does not.",
           "refusal", "premise first: measure whether `python train.py experiment=gsm8k_finetune task.steps=N` "
           "erodes refusals on this model; then `python steer.py -m experiment=refusal base_adapter=<adapter> "
-          "seed=0,1,2 method=weight,task_vector_pos k=1,2`"),
+          "seed=0,1,2 method=weight,task_vector_pos k=1,2`", c5_checks,
+          {}, (REFUSAL, GSM8K)),
     Claim("C6", "Monitoring fine-tunes with behavior vectors", "§5, Figs 8, 9, 36",
           "cos(τ of a bad-advice fine-tune, w_evil) exceeds the controls' cosines; evil vectors are closer to each "
           "other than to the control vector; the cosine rises during a bad-advice fine-tune.",

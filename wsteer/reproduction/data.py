@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from wsteer.artifacts import git_commit, write_json
 from wsteer.errors import WsteerError
 from wsteer.evaluation.uncertainty import Estimate, paired_seed_difference, seed_estimate
@@ -123,6 +125,39 @@ def export(sweep_dir: str | Path, out: str | Path, name: str, metrics: list[str]
         "commit": code_commit or git_commit(),
     }
     write_json(out, {"meta": meta, "items": items, "rows": out_rows})
+    return Path(out)
+
+
+def export_runs(runs: dict[str, str | Path], out: str | Path, name: str, metrics: list[str], commands: list[str],
+                notes: str = "", code_commit: str | None = None, wall_s: float | None = None) -> Path:
+    """Like `export`, for single `evaluate.py` runs that a sweep's (method, k) cannot tell apart (a base model and
+    its task fine-tune, both unsteered): each run becomes the row `(label, k = 0)` of its seed."""
+    from wsteer.recipes.sweep_report import _items_by_k
+
+    out_rows, ids, ends, starts = [], {}, [], []
+    for label, run in runs.items():
+        run = Path(run)
+        if not (run / "eval_items.jsonl").is_file() or not (run / ".hydra" / "config.yaml").is_file():
+            raise WsteerError(f"{run} is not a finished evaluate.py run (no eval_items.jsonl or .hydra/config.yaml)")
+        by_metric = _items_by_k(run / "eval_items.jsonl").get(0.0, {})
+        missing = [m for m in metrics if m not in by_metric]
+        if missing:
+            raise WsteerError(f"{run}: metrics {missing} were not measured at k = 0; measured: {sorted(by_metric)}")
+        seed = int(OmegaConf.load(run / ".hydra" / "config.yaml").get("seed", 0))
+        out_rows.append((label, seed, by_metric))
+        for m in metrics:
+            ids.setdefault(m.split("/", 1)[0], set()).update(by_metric[m])
+        starts.append((run / ".hydra" / "config.yaml").stat().st_mtime)
+        ends.append((run / "eval_items.jsonl").stat().st_mtime)
+    items = {ev: sorted(v) for ev, v in sorted(ids.items())}
+    rows = [{"method": label, "k": 0.0, "seed": seed,
+             "scores": {m: [_compact(bm[m][i]) if i in bm[m] else NOT_SCORED for i in items[m.split("/", 1)[0]]]
+                        for m in metrics}} for label, seed, bm in out_rows]
+    meta = {"format": FORMAT, "name": name, "commands": commands, "notes": notes,
+            "seeds": sorted({r["seed"] for r in rows}), "n_items": {ev: len(v) for ev, v in items.items()},
+            "sweep_wall_s": wall_s, "finished": time.strftime("%Y-%m-%d", time.gmtime(max(ends))),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "commit": code_commit or git_commit()}
+    write_json(out, {"meta": meta, "items": items, "rows": rows})
     return Path(out)
 
 
