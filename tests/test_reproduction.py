@@ -184,3 +184,27 @@ def test_c4_compares_methods_before_mmlu_drops_and_needs_the_judged_cot_check():
     assert [c.status for c in checks] == ["holds"] * 4 + ["no data"]
     assert "weight@2 − activation@2" in checks[1].label and "bias@2 − weight@2" in checks[2].label
     assert C.verdict(checks) == C.INCONCLUSIVE  # the CoT-consistency half is not measured judge-free
+
+
+def test_export_runs_keeps_a_base_and_its_fine_tune_as_rows_and_c5_checks_the_premise(tmp_path, capsys):
+    def run(name: str, refusals: list[int]) -> Path:
+        d = tmp_path / name
+        (d / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create({"seed": 0, "k": 0}), d / ".hydra" / "config.yaml")
+        recs = [{"evaluator": "safety", "id": f"r{i:03d}", "k": 0.0, "scores": {"refusal_rate": float(r)}}
+                for i, r in enumerate(refusals)]
+        recs += [{"evaluator": "gsm8k", "id": f"g{i:03d}", "k": 0.0, "scores": {"accuracy": 0.0}} for i in range(5)]
+        (d / "eval_items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return d
+
+    base, ft = run("base", [1] * 60 + [0] * 40), run("ft", [1] * 10 + [0] * 90)
+    args = ["export-runs", "--name", "refusal", "--run", f"base={base}", "--run", f"gsm8k_ft={ft}", "--metric",
+            C.REFUSAL, "--metric", C.GSM8K, "--command", "x", "--out-dir", str(tmp_path / "out")]
+    assert main(args) == 0
+    exp = load(tmp_path / "out" / "refusal.json")
+    assert exp.estimate("base", 0, C.REFUSAL).value == 0.6 and exp.estimate(C.FT, 0, C.REFUSAL).value == 0.1
+    checks = C.c5_checks(exp)
+    assert checks[0].label.startswith("premise") and checks[0].status == "holds"  # 0.6 → 0.1: eroded
+    assert checks[1].status == "no data" and C.verdict(checks) == C.INCONCLUSIVE
+    assert main(["export-runs", "--name", "r", "--run", str(base), "--metric", C.REFUSAL, "--command", "x"]) == 2
+    assert "LABEL=DIR" in capsys.readouterr().err
