@@ -157,3 +157,96 @@ def suite_context(model, tok, behavior: str, max_items: int | None, prefix: str 
                                                       f"eval.max_items={max_items or 'null'}"])
     (work / "out").mkdir(parents=True)
     return cfg, Context(cfg, model, tok, "bench", Behavior.from_cfg(cfg.behavior), work / "out")
+
+
+# ---- the machine's limit and the model's FLOPs (issue 19: how far each stage is from what this hardware does) ----
+
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# SmolLM2-135M's matmuls: hidden 576, intermediate 1536 (q/o/gate/up/down projections have these in/out sizes)
+PEAK_SHAPES = ((576, 1536), (1536, 576), (576, 576))
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, threads: int | None = None, rows: int = 1024,
+                shapes=PEAK_SHAPES, repeats: int = 3, min_seconds: float = 0.3, device: str = "cpu") -> dict:
+    """This machine's matmul FLOP/s: a plain `torch.mm` loop, `rows` × in @ in × out for each (in, out) of
+    `shapes` (the model's own weight shapes; `rows` = batch × sequence), at `dtype` and `threads` CPU threads.
+
+    Each shape runs back to back for at least `min_seconds`, `repeats` times; the best repeat of the best shape
+    is the peak (load from other jobs only slows a repeat down). Returns {"flops": peak FLOP/s, "shape": ...,
+    "per_shape": {shape: FLOP/s}, "dtype", "threads", "rows"}.
+    """
+    prev = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        per_shape = {}
+        for k, n in shapes:
+            a = torch.randn(rows, k, generator=g).to(device=device, dtype=dtype)
+            w = torch.randn(n, k, generator=g).to(device=device, dtype=dtype)  # nn.Linear's layout: x @ W.T
+            out = torch.empty(rows, n, device=device, dtype=dtype)
+            for _ in range(2):  # warm-up: oneDNN/BLAS kernels, page faults
+                torch.mm(a, w.t(), out=out)
+            best = 0.0
+            for _ in range(repeats):
+                iters, t0 = 0, time.perf_counter()
+                sync(device)
+                while True:
+                    torch.mm(a, w.t(), out=out)
+                    iters += 1
+                    if iters % 4 == 0:
+                        sync(device)
+                        if time.perf_counter() - t0 >= min_seconds:
+                            break
+                best = max(best, 2 * rows * k * n * iters / (time.perf_counter() - t0))
+            per_shape[f"{rows}x{k}@{k}x{n}"] = best
+        shape = max(per_shape, key=per_shape.get)
+        return {"flops": per_shape[shape], "shape": shape, "per_shape": per_shape,
+                "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(), "rows": rows}
+    finally:
+        torch.set_num_threads(prev)
+
+
+def model_shape(model) -> dict:
+    """What the FLOP counts need: parameters used in matmuls per token (every Linear, LM head included, the input
+    embedding not), decoder layers, and the attention width (heads × head dim)."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return {"matmul_params": sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)),
+            "layers": cfg.num_hidden_layers, "attn_width": heads * head_dim,
+            "peak_shapes": ((cfg.hidden_size, cfg.intermediate_size), (cfg.intermediate_size, cfg.hidden_size),
+                            (cfg.hidden_size, cfg.hidden_size))}
+
+
+def share_of_peak(flops: float, seconds: float, peak: dict) -> dict:
+    """Achieved model FLOP/s and its share of the peak measured in the same run (`matmul_peak`)."""
+    achieved = flops / seconds
+    return {"gflops": achieved / 1e9, "peak_gflops": peak["flops"] / 1e9, "share_of_peak": achieved / peak["flops"]}
+
+
+def attention_flops(shape: dict, context: float) -> float:
+    """Forward FLOPs of attention scores and values for one token attending to `context` positions (QKᵀ and AV:
+    2 matmuls × 2 FLOPs per multiply-add × width, in every layer)."""
+    return 4 * shape["layers"] * shape["attn_width"] * context
+
+
+def training_flops(shape: dict, rows: list[int], lora: bool = True) -> float:
+    """Model FLOPs of a training step over sequences of these real lengths. With LoRA the base weights are frozen:
+    forward (2 × params) + input gradients (2 × params) per token, no weight gradients: 4 × params (6 × for a
+    full fine-tune). Attention has no weights: forward + its backward (≈ 2 × forward) = 3 × its forward; a causal
+    token at position i attends to i + 1 positions. The LoRA factors' own matmuls (< 1% at r 32) are left out."""
+    per_token = (4 if lora else 6) * shape["matmul_params"]
+    total = 0.0
+    for n in rows:
+        total += per_token * n + 3 * attention_flops(shape, n * (n + 1) / 2)
+    return total
+
+
+def generation_flops(shape: dict, prompt_len: int, new_tokens: int) -> float:
+    """Model FLOPs of answering one prompt: 2 × params per token for the prompt (prefill) and for every generated
+    token (a forward pass each, with the KV cache), plus attention over the context so far. Padding and recomputed
+    tokens are not counted: this is the useful work, so achieved FLOP/s falls when compute is wasted."""
+    tokens = prompt_len + new_tokens
+    contexts = prompt_len * (prompt_len + 1) / 2 + sum(prompt_len + j for j in range(1, new_tokens + 1))
+    return 2 * shape["matmul_params"] * tokens + attention_flops(shape, contexts)

@@ -20,6 +20,13 @@ tokens/s counts new tokens up to and including end-of-turn (padding after it is 
 every system. `agree` is the share of answers
 identical to the baseline's (greedy: expected 1.0 up to float noise from different batch shapes).
 
+`--dtype bfloat16` runs every system on bf16 weights. Every row also gets its achieved model FLOP/s
+(`bench.common.generation_flops`: 2 × matmul parameters per prompt and generated token, plus attention over the
+context) as a share of this machine's matmul peak, measured in the same run with a plain `torch.mm` loop at the same
+dtype and thread count (`bench.common.matmul_peak`), at a training-sized batch of rows (`--peak-rows`: the compute
+limit). The peak at a decode step's rows (`--batch-size`) is printed beside it: how much of the limit a decode
+step's shape can reach at all.
+
     python bench/generation.py                                          # CPU, SmolLM2-135M
     python bench/generation.py --device cuda --arch qwen2.5-7b --batch-size 64 --max-new-tokens 128   # GPU PATH
 """
@@ -35,7 +42,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.common import free, load, parser, questions, report, setup, timed  # noqa: E402
+from bench.common import (  # noqa: E402
+    DTYPE_NAMES,
+    free,
+    generation_flops,
+    load,
+    matmul_peak,
+    model_shape,
+    parser,
+    questions,
+    report,
+    setup,
+    share_of_peak,
+    timed,
+)
 from wsteer.generation import generate, render_prompt  # noqa: E402
 from wsteer.steering.weight import WeightSteerer  # noqa: E402
 from wsteer.vectors import WeightVector  # noqa: E402
@@ -56,7 +76,7 @@ def steering_vector(model, arch: str, rank: int = 64, scale: float = 1e-3) -> We
         if isinstance(m, torch.nn.Linear) and name.startswith("model.layers."):
             b = torch.randn(m.out_features, rank, generator=g) * scale
             a = torch.randn(rank, m.in_features, generator=g) / m.in_features ** 0.5
-            factors[f"{name}.weight"] = (b, a)
+            factors[f"{name}.weight"] = (b, a)  # fp32 factors at any model dtype, as saved vectors are
     return WeightVector(factors, {"base_model": arch, "method": "weight", "random": True})
 
 
@@ -102,9 +122,15 @@ def main():
     p.add_argument("--systems", default="hf_generate_peft_unmerged,hf_generate_merged,ours,ours_big")
     p.add_argument("--warmup", choices=("auto", "full", "short"), default="auto",
                    help="untimed warm-up: a whole pass per system (auto on CUDA: compiles every shape) or a few prompts")
+    p.add_argument("--dtype", default="auto", choices=("auto", *DTYPE_NAMES),
+                   help="the model's weights (auto: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--peak-rows", type=int, default=1280, help="rows of the compute-limit matmul (a training batch)")
+    p.add_argument("--peak-seconds", type=float, default=0.3, help="per shape and repeat of the matmul peak loop")
     args = p.parse_args()
     setup(args)
-    model, tok = load(args.arch, args.device)
+    model, tok = load(args.arch, args.device, DTYPE_NAMES.get(args.dtype))
+    dtype = next(model.parameters()).dtype
+    shape = model_shape(model)
     vector = steering_vector(model, args.arch)
     steerer = WeightSteerer(vector)
     convs = conversations(args.variants)
@@ -156,16 +182,28 @@ def main():
                 if system not in best or dt < best[system][0]:
                     best[system] = (dt, outs)
                 print(f"{system}: {dt:.2f} s", flush=True)
+    # The limit, in this run, at the same dtype and threads, on the model's own weight shapes: with a training
+    # batch's rows (what the hardware does; the share's denominator) and with a decode step's rows (printed).
+    peaks = {rows_: matmul_peak(dtype, torch.get_num_threads(), rows_, shapes=shape["peak_shapes"],
+                                min_seconds=args.peak_seconds, device=args.device)
+             for rows_ in (args.peak_rows, args.batch_size)}
+    peak = peaks[args.peak_rows]
+    for rows_, pk in peaks.items():
+        print(f"matmul peak at {rows_} rows: {pk['flops'] / 1e9:.1f} GFLOP/s ({pk['dtype']}, {pk['threads']} threads, "
+              f"{pk['shape']})")
     base_outs = best.get("hf_generate_merged", next(iter(best.values())))[1]
     rows = []
     for system, (dt, outs) in best.items():
         n = new_tokens(outs)
         agree = sum(a["text"] == b["text"] for a, b in zip(outs, base_outs, strict=True)) / len(outs)
+        flops = sum(generation_flops(shape, p, o["new_tokens"]) for p, o in zip(lengths, outs, strict=True))
+        achieved = share_of_peak(flops, dt, peak)
         rows.append({"system": system if system != "ours_big" else f"ours_bs{args.big_batch}",
-                     "new_tok_per_s": n / dt, "seconds": dt, "new_tokens": n, "agree": agree})
+                     "new_tok_per_s": n / dt, "seconds": dt, "new_tokens": n, "agree": agree, **achieved})
     peft_model = None  # noqa: F841  (drop the copy before freeing memory)
     free(args.device)
-    report(f"evaluation generation ({args.arch}, {args.device}, {len(convs)} prompts, batch {args.batch_size}, "
+    report(f"evaluation generation ({args.arch}, {args.device}, {str(dtype).removeprefix('torch.')}, "
+           f"{len(convs)} prompts, batch {args.batch_size}, "
            f"≤{args.max_new_tokens} new tokens, weight-steered k={args.k:g})", rows, "hf_generate_merged",
            "new_tok_per_s", args=args,
            also_vs="hf_generate_peft_unmerged")
