@@ -251,7 +251,7 @@ EVIL_CMDS = [  # zero-shot, judge-free; each method with its own k grid (every j
     f"{_EVIL} method=bias 'k=[1,2,4]' hydra.sweep.dir=multirun/repro/evil/bias",
     f"{_EVIL} method=task_vector_neg 'k=[1,2,4]' hydra.sweep.dir=multirun/repro/evil/task_vector_neg",
     "python -m wsteer.reproduction export multirun/repro/evil --name evil --metric evil_mcq/evil_rate --metric "
-    "evil_mcq/valid_rate --metric mmlu/accuracy --command ...",
+    "evil_mcq/valid_rate --metric evil_mcq/evil_given_valid --metric mmlu/accuracy --command ...",
 ]
 EVIL_PLAN = " && ".join(f"`{c}`" for c in EVIL_CMDS[:4])
 
@@ -281,7 +281,7 @@ CLAIMS = [
           "nothing.",
           "evil", EVIL_PLAN, c4_checks,
           {"behavior": EVIL, "capability": MMLU, "methods": ["weight", "activation", "bias", "task_vector_neg"]},
-          (EVIL, "evil_mcq/valid_rate", MMLU)),
+          (EVIL, "evil_mcq/valid_rate", "evil_mcq/evil_given_valid", MMLU)),
     Claim("C5", "Refusal after a GSM8K fine-tune", "§4.3, Fig 6",
           "After a GSM8K fine-tune erodes refusals, weight steering with refusal data restores the safety rate with "
           "little GSM8K loss; the refusal task vector alone does not.",
