@@ -196,7 +196,7 @@ def c5_checks(exp: Experiment) -> list[Check]:
         return out
     kw = _most(exp, "weight", [k for k in exp.ks("weight") if k > 0], REFUSAL, lowest=False)
     if kw is None:
-        out.append(Check("θ_ft + k·w_refusal restores refusals (not run: the premise comes first)", "> 0", None))
+        out.append(Check("θ_ft + k·w_refusal restores refusals, not run until the premise holds", "> 0", None))
         return out
     out += [Check(f"weight steering restores refusals: refusal rate, weight@{kw:g} − {FT}", "> 0",
                   exp.difference(("weight", kw), (FT, 0.0), REFUSAL)),
