@@ -50,7 +50,7 @@ def _by_k(flat: dict[str, float]) -> dict[float, dict[str, float]]:
     return out
 
 
-def _items_by_k(path: Path) -> dict[float, dict[str, dict[str, float | None]]]:
+def items_by_k(path: Path) -> dict[float, dict[str, dict[str, float | None]]]:
     """`{k: {"<evaluator>/<metric>": {item id: score}}}` from a job's eval_items.jsonl."""
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     out: dict[float, dict[str, dict[str, float | None]]] = {}
@@ -83,7 +83,7 @@ def collect(sweep_dir: str | Path, n_boot: int = N_BOOT, boot_seed: int = 0) -> 
         if (job / "metrics.json").is_file():
             per_k = _by_k(json.loads((job / "metrics.json").read_text()))
             if (job / "eval_items.jsonl").is_file():
-                items = _items_by_k(job / "eval_items.jsonl")
+                items = items_by_k(job / "eval_items.jsonl")
         elif (job / "report.md").is_file():
             per_k = {float(ks[0]): _metrics_from_report((job / "report.md").read_text(), float(ks[0]))}
         else:

@@ -132,14 +132,14 @@ def export_runs(runs: dict[str, str | Path], out: str | Path, name: str, metrics
                 notes: str = "", code_commit: str | None = None, wall_s: float | None = None) -> Path:
     """Like `export`, for single `evaluate.py` runs that a sweep's (method, k) cannot tell apart (a base model and
     its task fine-tune, both unsteered): each run becomes the row `(label, k = 0)` of its seed."""
-    from wsteer.recipes.sweep_report import _items_by_k
+    from wsteer.recipes.sweep_report import items_by_k
 
     out_rows, ids, ends, starts = [], {}, [], []
     for label, run in runs.items():
         run = Path(run)
         if not (run / "eval_items.jsonl").is_file() or not (run / ".hydra" / "config.yaml").is_file():
             raise WsteerError(f"{run} is not a finished evaluate.py run (no eval_items.jsonl or .hydra/config.yaml)")
-        by_metric = _items_by_k(run / "eval_items.jsonl").get(0.0, {})
+        by_metric = items_by_k(run / "eval_items.jsonl").get(0.0, {})
         missing = [m for m in metrics if m not in by_metric]
         if missing:
             raise WsteerError(f"{run}: metrics {missing} were not measured at k = 0; measured: {sorted(by_metric)}")
