@@ -98,33 +98,34 @@ def export(sweep_dir: str | Path, out: str | Path, name: str, metrics: list[str]
     if missing:
         raise WsteerError(f"metrics {missing} are in no job's eval_items.jsonl under {sweep_dir}; "
                           f"measured: {', '.join(measured)}")
-    ids: dict[str, set[str]] = {}
-    for r in rows:
-        for by_metric in r["items"].values():
-            for m in metrics:
-                ids.setdefault(m.split("/", 1)[0], set()).update(by_metric.get(m, {}))
-    items = {ev: sorted(s) for ev, s in sorted(ids.items())}
-    out_rows = []
-    for r in rows:
-        for seed in sorted(r["items"]):
-            by_metric = r["items"][seed]
-            scores = {m: [_compact(by_metric[m][i]) if i in by_metric[m] else NOT_SCORED
-                          for i in items[m.split("/", 1)[0]]] for m in metrics if m in by_metric}
-            if scores:
-                out_rows.append({"method": r["method"], "k": r["k"], "seed": int(seed), "scores": scores})
+    entries = [(r["method"], r["k"], int(seed), r["items"][seed]) for r in rows for seed in sorted(r["items"])]
     root = Path(sweep_dir)
     starts = [p.stat().st_mtime for p in root.glob("**/.hydra/config.yaml")]
     ends = [p.stat().st_mtime for p in root.glob("**/metrics.json")]
-    meta = {
-        "format": FORMAT, "name": name, "commands": commands, "notes": notes,
-        "seeds": sorted({r["seed"] for r in out_rows}),
-        "n_items": {ev: len(v) for ev, v in items.items()},
-        "sweep_wall_s": round(max(ends) - min(starts)) if starts and ends else None,
-        "finished": time.strftime("%Y-%m-%d", time.gmtime(max(ends))) if ends else None,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "commit": code_commit or git_commit(),
-    }
-    write_json(out, {"meta": meta, "items": items, "rows": out_rows})
+    return _write(out, name, entries, metrics, commands, notes, code_commit,
+                  round(max(ends) - min(starts)) if starts and ends else None, max(ends) if ends else None)
+
+
+def _write(out, name: str, entries: list[tuple[str, float, int, dict]], metrics: list[str], commands: list[str],
+           notes: str, code_commit: str | None, wall_s: float | None, finished: float | None) -> Path:
+    """The results file: each evaluator's item ids once, then per (method, k, seed) the aligned scores."""
+    ids: dict[str, set[str]] = {}
+    for *_, by_metric in entries:
+        for m in metrics:
+            ids.setdefault(m.split("/", 1)[0], set()).update(by_metric.get(m, {}))
+    items = {ev: sorted(v) for ev, v in sorted(ids.items())}
+    rows = []
+    for method, k, seed, by_metric in entries:
+        scores = {m: [_compact(by_metric[m][i]) if i in by_metric[m] else NOT_SCORED
+                      for i in items[m.split("/", 1)[0]]] for m in metrics if m in by_metric}
+        if scores:
+            rows.append({"method": method, "k": k, "seed": seed, "scores": scores})
+    meta = {"format": FORMAT, "name": name, "commands": commands, "notes": notes,
+            "seeds": sorted({r["seed"] for r in rows}), "n_items": {ev: len(v) for ev, v in items.items()},
+            "sweep_wall_s": wall_s,
+            "finished": time.strftime("%Y-%m-%d", time.gmtime(finished)) if finished is not None else None,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "commit": code_commit or git_commit()}
+    write_json(out, {"meta": meta, "items": items, "rows": rows})
     return Path(out)
 
 
@@ -134,7 +135,7 @@ def export_runs(runs: dict[str, str | Path], out: str | Path, name: str, metrics
     its task fine-tune, both unsteered): each run becomes the row `(label, k = 0)` of its seed."""
     from wsteer.recipes.sweep_report import items_by_k
 
-    out_rows, ids, ends, starts = [], {}, [], []
+    entries, ends = [], []
     for label, run in runs.items():
         run = Path(run)
         if not (run / "eval_items.jsonl").is_file() or not (run / ".hydra" / "config.yaml").is_file():
@@ -144,21 +145,9 @@ def export_runs(runs: dict[str, str | Path], out: str | Path, name: str, metrics
         if missing:
             raise WsteerError(f"{run}: metrics {missing} were not measured at k = 0; measured: {sorted(by_metric)}")
         seed = int(OmegaConf.load(run / ".hydra" / "config.yaml").get("seed", 0))
-        out_rows.append((label, seed, by_metric))
-        for m in metrics:
-            ids.setdefault(m.split("/", 1)[0], set()).update(by_metric[m])
-        starts.append((run / ".hydra" / "config.yaml").stat().st_mtime)
+        entries.append((label, 0.0, seed, by_metric))
         ends.append((run / "eval_items.jsonl").stat().st_mtime)
-    items = {ev: sorted(v) for ev, v in sorted(ids.items())}
-    rows = [{"method": label, "k": 0.0, "seed": seed,
-             "scores": {m: [_compact(bm[m][i]) if i in bm[m] else NOT_SCORED for i in items[m.split("/", 1)[0]]]
-                        for m in metrics}} for label, seed, bm in out_rows]
-    meta = {"format": FORMAT, "name": name, "commands": commands, "notes": notes,
-            "seeds": sorted({r["seed"] for r in rows}), "n_items": {ev: len(v) for ev, v in items.items()},
-            "sweep_wall_s": wall_s, "finished": time.strftime("%Y-%m-%d", time.gmtime(max(ends))),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "commit": code_commit or git_commit()}
-    write_json(out, {"meta": meta, "items": items, "rows": rows})
-    return Path(out)
+    return _write(out, name, entries, metrics, commands, notes, code_commit, wall_s, max(ends))
 
 
 def load(path: str | Path):
