@@ -17,10 +17,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, ROOT, compose_cfg, subprocess_env
+from tests.loopback import together_and_alone
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -196,16 +195,9 @@ def test_sixteen_concurrent_requests_with_mixed_k_equal_their_answers_sent_one_a
         return ask(client, question, extra_body={"steer": steer} if steer else None)
 
     before = server.health()
-    start = threading.Barrier(16)
-
-    def send_together(req):
-        start.wait()  # all 16 in flight at once
-        return send(req)
-
-    with ThreadPoolExecutor(16) as pool:
-        together = list(pool.map(send_together, requests))
-    during = server.health()
-    alone = [send(req) for req in requests]
+    health = []
+    together, alone = together_and_alone(send, requests, between=lambda: health.append(server.health()))
+    during = health[0]
     assert together == alone
     # they were batched (fewer batches than requests), and batches never mixed steerings (the answers above)
     assert during["batches"] - before["batches"] < 16
@@ -263,15 +255,7 @@ def test_concurrent_weight_and_activation_requests_equal_their_answers_sent_one_
         return ask(client, question, extra_body={"steer": steer, "method": method} if steer else None)
 
     base_before = [ask(client, q) for q in QUESTIONS[:4]]
-    start = threading.Barrier(len(requests))
-
-    def send_together(req):
-        start.wait()
-        return send(req)
-
-    with ThreadPoolExecutor(len(requests)) as pool:
-        together = list(pool.map(send_together, requests))
-    alone = [send(req) for req in requests]
+    together, alone = together_and_alone(send, requests)
     assert together == alone
     assert len(set(alone[:6])) == 6  # six steerings, six answers: weight and activation at the same k differ too
     # the base model is what it was: no hooks and no weight edit outlived its batch

@@ -15,10 +15,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, ROOT, compose_cfg, subprocess_env
+from tests.loopback import together_and_alone
 from wsteer.errors import WsteerError
 
 openai = pytest.importorskip("openai")
@@ -232,15 +231,7 @@ def test_eight_concurrent_mixed_k_requests_equal_their_answers_sent_one_at_a_tim
         question, method, steer = req
         return ask(client, question, extra_body={"steer": steer, "method": method} if steer else None)
 
-    start = threading.Barrier(len(requests))
-
-    def send_together(req):
-        start.wait()
-        return send(req)
-
-    with ThreadPoolExecutor(len(requests)) as pool:
-        together = list(pool.map(send_together, requests))
-    alone = [send(req) for req in requests]
+    together, alone = together_and_alone(send, requests)
     assert together == alone
     assert len(set(alone[:7])) == 7  # seven different steerings (and prompts): seven different answers
 
