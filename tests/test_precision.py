@@ -112,3 +112,31 @@ def test_bf16_mixed_training_on_an_fp32_model_leaves_it_fp32_and_bitwise(tmp_pat
     assert built and arts["contrastive"].norm() > 0
     assert next(ctx.model.parameters()).dtype == torch.float32
     assert_bitwise(ctx.model, snap)
+
+
+def test_cpu_default_trains_under_bf16_autocast_and_the_experiments_keep_fp32():
+    """Issue 19: bf16-mixed is the CPU training default; the experiments keep the fp32 trainer their committed
+    reproduction numbers came from, and a trainer chosen on the command line still wins over theirs."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        assert compose("steer").trainer.precision == "bf16-mixed"
+        assert compose("train").trainer.precision == "bf16-mixed"
+        for exp in ("sycophancy", "evil", "refusal", "gcd"):
+            t = compose("steer", overrides=[f"experiment={exp}"]).trainer
+            assert (t.name, t.precision, t.steps) == ("cpu_fp32", "32-true", 25), exp
+        for exp in ("monitoring", "gcd_finetune", "gsm8k_finetune"):
+            assert compose("train", overrides=[f"experiment={exp}"]).trainer.precision == "32-true", exp
+        assert compose("steer", overrides=["experiment=sycophancy", "trainer=gpu"]).trainer.name == "gpu"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_with_the_fix(monkeypatch):
+    from wsteer.training.trainer import warn_if_slow_bf16
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match=r"trainer.precision=32-true"):
+        warn_if_slow_bf16("bf16-mixed", "cpu")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_slow_bf16("32-true", "cpu")
+        warn_if_slow_bf16("bf16-mixed", "gpu")

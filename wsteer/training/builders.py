@@ -86,6 +86,7 @@ class PairedFineTune(ArtifactBuilder):
         ctx.timings["train"] = time.perf_counter() - t0
         for side in SIDES:
             ctx.timings[f"train_{side}"] = module.side_seconds[side]
+        ctx.timings["train_validation"] = module.val_seconds
         with ctx.timed("build_vector"):
             extra = {"val_history": module.history, "train_tokens": dm.train_tokens(), "dropped_too_long": dm.dropped}
             return self.export(ctx, module, pair, data_manifest, extra)

@@ -132,6 +132,8 @@ class PairedModule(L.LightningModule):
         self.history: list[dict] = []  # one row per validation: step, side, loss
         self.checkpoints: dict[int, dict[str, object]] = {}  # step -> side -> exported weights
         self.side_seconds = {s: 0.0 for s in self.sides}  # wall time spent training each side
+        self.val_seconds = 0.0  # wall time spent validating (both sides, every eval_every steps and at step 0)
+        self._val_t0 = 0.0
         self._val_sums: dict[str, list[float]] = {}
         # Resume checkpoints hold only the trained parameters (the frozen base is reloaded from the model source),
         # so loading them must not demand the base weights.
@@ -177,6 +179,7 @@ class PairedModule(L.LightningModule):
 
     def on_validation_epoch_start(self):
         self._val_sums = {s: [0.0, 0] for s in self.sides}
+        self._val_t0 = time.perf_counter()
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         side = self.sides[dataloader_idx]
@@ -185,6 +188,7 @@ class PairedModule(L.LightningModule):
         self._val_sums[side][1] += n
 
     def on_validation_epoch_end(self):
+        self.val_seconds += time.perf_counter() - self._val_t0
         if self.trainer.sanity_checking:
             return
         for side in self.sides:
@@ -216,6 +220,7 @@ class PairedModule(L.LightningModule):
             "history": self.history,
             "checkpoints": self.checkpoints,
             "side_seconds": self.side_seconds,
+            "val_seconds": self.val_seconds,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -228,6 +233,7 @@ class PairedModule(L.LightningModule):
         self.history = list(state["history"])
         self.checkpoints = {int(k): v for k, v in state["checkpoints"].items()}
         self.side_seconds = dict(state["side_seconds"])
+        self.val_seconds = float(state.get("val_seconds", 0.0))  # absent in checkpoints written before it existed
 
     def restore_best(self) -> dict[str, dict]:
         """Load each side's best-by-validation weights; return {side: {"val_loss", "step"}}."""

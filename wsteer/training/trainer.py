@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -43,11 +44,25 @@ def strategy(t):
     return s
 
 
+def warn_if_slow_bf16(precision: str, accelerator: str) -> None:
+    """bf16 is the CPU default because it trains ~1.5x faster where the CPU has native bf16 (AVX512-BF16/AMX,
+    BENCHMARKS.md "Issue 19 study"); without it, PyTorch emulates bf16 and training gets slower instead."""
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                      and not torch.backends.mps.is_available())
+    if on_cpu and precision.startswith("bf16") and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn(f"trainer.precision={precision} on a CPU without native bf16 (no AVX512-BF16 or AMX): "
+                      "the bf16 speed-up was measured only with native bf16, without it training may be slower than "
+                      "in float32 (trainer.precision=32-true)", stacklevel=2)
+
+
 def build_trainer(ctx: Context, run, max_steps: int = -1, val_every: int | None = None,
              resume_ckpt: Path | None = None, one_device: bool = False) -> L.Trainer:
     """The Lightning Trainer every fine-tune of a run uses: CSV (+ W&B) logging, the configured callbacks, a
     resume checkpoint when given; `one_device` for passes that must not fan out (activation collection)."""
     t = ctx.cfg.trainer
+    warn_if_slow_bf16(str(t.precision), str(t.accelerator))
     loggers = [CSVLogger(str(ctx.out_dir), name="train_log")]
     if run is not None:
         loggers.append(WandbLogger(experiment=run))
