@@ -114,18 +114,13 @@ def test_bf16_mixed_training_on_an_fp32_model_leaves_it_fp32_and_bitwise(tmp_pat
     assert_bitwise(ctx.model, snap)
 
 
-def test_cpu_default_trains_under_bf16_autocast_and_the_experiments_keep_fp32():
-    """Issue 19: bf16-mixed is the CPU training default; the experiments keep the fp32 trainer their committed
-    reproduction numbers came from, and a trainer chosen on the command line still wins over theirs."""
+def test_cpu_default_trains_and_evaluates_in_fp32():
+    """Issue 19: bf16 stays a choice. bf16 evaluation shrank the measured steering effect, and bf16-mixed training
+    sped the main job's fits up only 1.08x (BENCHMARKS.md), so the defaults are fp32 and vectors keep their keys."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        assert compose("steer").trainer.precision == "bf16-mixed"
-        assert compose("train").trainer.precision == "bf16-mixed"
-        for exp in ("sycophancy", "evil", "refusal", "gcd"):
-            t = compose("steer", overrides=[f"experiment={exp}"]).trainer
-            assert (t.name, t.precision, t.steps) == ("cpu_fp32", "32-true", 25), exp
-        for exp in ("monitoring", "gcd_finetune", "gsm8k_finetune"):
-            assert compose("train", overrides=[f"experiment={exp}"]).trainer.precision == "32-true", exp
-        assert compose("steer", overrides=["experiment=sycophancy", "trainer=gpu"]).trainer.name == "gpu"
+        for name in ("steer", "train", "evaluate"):
+            cfg = compose(name)
+            assert (cfg.trainer.precision, cfg.model.dtype) == ("32-true", "float32"), name
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_with_the_fix(monkeypatch):

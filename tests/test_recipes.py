@@ -109,14 +109,19 @@ def test_save_model_with_a_hook_method_is_refused_up_front(smoke_cfg):
 
 def test_a_cached_rerun_generates_no_token_and_writes_the_same_report(smoke_cfg, monkeypatch):
     """Issue 19: the held-out answers and every evaluator go through the item store, so the second run of the same
-    command (vector cached) generates nothing and reports the same numbers."""
+    command (vector cached) generates nothing, does not even merge k·w into the weights, and reports the same
+    numbers."""
     from transformers.generation.utils import GenerationMixin
+
+    from wsteer.steering.weight import WeightSteerer
 
     first = smoke_cfg("steer", ["k=[-20,1]"])
     steer_recipe.run(first)
     calls = []
     real = GenerationMixin.generate
     monkeypatch.setattr(GenerationMixin, "generate", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    real_apply = WeightSteerer.apply
+    monkeypatch.setattr(WeightSteerer, "apply", lambda self, *a, **kw: calls.append("apply") or real_apply(self, *a, **kw))
     second = smoke_cfg("steer", ["k=[-20,1]", f"output_dir={Path(first.output_dir).parent / 'again'}"])
     steer_recipe.run(second)
     assert calls == []

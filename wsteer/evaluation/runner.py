@@ -93,28 +93,24 @@ def _evaluate_all(ctx, evaluators, steerer, ks, judge, root: Path, model_id: str
 
     cfg = ctx.cfg
     for k in ks:
-        apply = steerer.apply(ctx.model, k) if steerer is not None else nullcontext()
+        # keys and stored items first: the key never depends on the applied weights, so a k whose every item is
+        # stored (a cached rerun) is reported from the store without merging k·w into the weights (issue 19)
+        plans = []
+        for ev in evaluators:
+            ev.bind(ctx.model, ctx.tokenizer, steerer=steerer, k=k, judge=judge, behavior=ctx.behavior)
+            items = ev.items()
+            ev.store_folder = root / ev.name / _store_key(ctx, ev, steerer, k, model_id)
+            plans.append((ev, items, ItemStore(ev.store_folder).done))  # what earlier (killed) runs finished
+        missing = any(it["id"] not in done for _, items, done in plans for it in items)
+        apply = steerer.apply(ctx.model, k) if steerer is not None and missing else nullcontext()
         with apply:
-            if steerer is not None and k != 0:
+            if steerer is not None and k != 0 and missing:
                 assert_finite_logits(ctx.model, ctx.tokenizer, k, steerer.name)
-            for ev in evaluators:
-                # k = 0 is the unsteered model whatever the method, so every job of a sweep shares its items
-                steering = steering_id(steerer) if k != 0 else {"method": "none"}
+            for ev, items, done in plans:
                 trainer = L.Trainer(accelerator=cfg.eval.accelerator, devices=cfg.eval.devices,
                                     strategy=cfg.eval.strategy, logger=False,
                                     enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=True, inference_mode=True)
-                ev.bind(ctx.model, ctx.tokenizer, steerer=steerer, k=k, judge=judge, behavior=ctx.behavior)
-                items = ev.items()
-                # `limit` (and `offset`, part of "sample") only choose which of the stable item ids run, so neither is
-                # in the key: a larger limit reuses every item a smaller one finished. The data's contents are: an edited question file
-                # with unchanged ids must not reuse the old answers.
-                settings = {n: v for n, v in ev.settings().items() if n not in ("limit", "sample")}
-                # the weights' dtype too: bf16 answers differ from fp32 ones and must never stand in for them
-                key = stable_hash({"model": model_id, **dtype_key(ctx.model), "steering": steering, "k": k,
-                                   "data": ev.data_hash, **settings})
-                ev.store_folder = root / ev.name / key
-                done = ItemStore(root / ev.name / key).done  # what earlier (killed) runs finished
                 resumed = sum(it["id"] in done for it in items)
                 if resumed:
                     print(f"wsteer: {ev.name} at k={k:g}: {resumed}/{len(items)} items already done, resuming")
@@ -126,9 +122,22 @@ def _evaluate_all(ctx, evaluators, steerer, ks, judge, root: Path, model_id: str
                     out = finite(trainer.test(ev, dataloaders=loader, verbose=False)[0])
                 for name, v in out.items():
                     flat[f"{name}@k={k:g}"] = float(v)
-                done = ItemStore(root / ev.name / key).done  # every rank's items
+                done = ItemStore(ev.store_folder).done  # every rank's items
                 records += [{"evaluator": ev.name, **done[it["id"]], "k": k} for it in items]
                 ev.lm = None  # the model belongs to the context, not to the evaluator
+
+
+def _store_key(ctx, ev, steerer, k: float, model_id: str) -> str:
+    """The item-store key of one evaluator at one k."""
+    # k = 0 is the unsteered model whatever the method, so every job of a sweep shares its items
+    steering = steering_id(steerer) if k != 0 else {"method": "none"}
+    # `limit` (and `offset`, part of "sample") only choose which of the stable item ids run, so neither is in the
+    # key: a larger limit reuses every item a smaller one finished. The data's contents are: an edited question
+    # file with unchanged ids must not reuse the old answers.
+    settings = {n: v for n, v in ev.settings().items() if n not in ("limit", "sample")}
+    # the weights' dtype too: bf16 answers differ from fp32 ones and must never stand in for them
+    return stable_hash({"model": model_id, **dtype_key(ctx.model), "steering": steering, "k": k,
+                        "data": ev.data_hash, **settings})
 
 
 def _relative_to_k0(evaluators: list[Evaluator], records: list[dict], flat: dict[str, float]) -> None:
