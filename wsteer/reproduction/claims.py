@@ -271,10 +271,10 @@ CLAIMS = [
           "After a task fine-tune that makes the model sycophantic on GCD, θ_ft + k·w_syc (k < 0) restores "
           "correctness and disagreement while keeping GCD accuracy; activation steering hurts GCD accuracy; system "
           "prompts and τ⁻ do not help.",
-          "gcd", "premise first: a GCD fine-tune that teaches GCD on the 2-core CPU "
-          "(`python train.py experiment=gcd_finetune task.steps=N`, then `scripts/gcd_accuracy.py`), then "
-          "`python steer.py -m experiment=gcd base_adapter=<adapter> seed=0,1,2 "
-          "method=weight,activation,system_prompt,task_vector_neg k=-2,-1`"),
+          "gcd", "premise met in a weak form by one epoch on the 1–60 set (GCD > 1 accuracy 0.04 → 0.31, "
+          "sycophancy total; notes below); next the sweep `python steer.py -m experiment=gcd "
+          "evaluator.gcd.source=small base_adapter=<adapter> seed=0,1,2 "
+          "method=weight,activation,system_prompt,task_vector_neg k=-2,-1,0`"),
     Claim("C4", "Evil through the weights", "§4.2, Fig 5",
           "Adding evil through the weights raises the valid-and-evil rate further than activation steering before "
           "MMLU drops, without raising CoT/answer inconsistency; bias-only is the strongest; τ⁻ does almost "
