@@ -272,9 +272,9 @@ CLAIMS = [
           "correctness and disagreement while keeping GCD accuracy; activation steering hurts GCD accuracy; system "
           "prompts and τ⁻ do not help.",
           "gcd", "premise met in a weak form by one epoch on the 1–60 set (GCD > 1 accuracy 0.04 → 0.31, "
-          "sycophancy total; notes below); next the sweep `python steer.py -m experiment=gcd "
-          "evaluator.gcd.source=small base_adapter=<adapter> seed=0,1,2 "
-          "method=weight,activation,system_prompt,task_vector_neg k=-2,-1,0`"),
+          "sycophancy total); a one-seed first look gives +0.11 [+0.05, +0.16] correctness at k = -8 (notes "
+          "below); next the sweep `python steer.py -m experiment=gcd evaluator.gcd.source=small "
+          "base_adapter=<adapter> seed=0,1,2 method=weight,activation,system_prompt,task_vector_neg 'k=[-8,-4,-2,0]'`"),
     Claim("C4", "Evil through the weights", "§4.2, Fig 5",
           "Adding evil through the weights raises the valid-and-evil rate further than activation steering before "
           "MMLU drops, without raising CoT/answer inconsistency; bias-only is the strongest; τ⁻ does almost "
