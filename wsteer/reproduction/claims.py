@@ -271,9 +271,9 @@ CLAIMS = [
           "After a task fine-tune that makes the model sycophantic on GCD, θ_ft + k·w_syc (k < 0) restores "
           "correctness and disagreement while keeping GCD accuracy; activation steering hurts GCD accuracy; system "
           "prompts and τ⁻ do not help.",
-          "gcd", "premise met in a weak form by one epoch on the 1–60 set (GCD > 1 accuracy 0.04 → 0.31, "
-          "sycophancy total); a one-seed first look gives +0.11 [+0.05, +0.16] correctness at k = -8 (notes "
-          "below); next the sweep `python steer.py -m experiment=gcd evaluator.gcd.source=small "
+          "gcd", "premise met in a weak form by one epoch on the 1–60 set (GCD > 1 accuracy +0.27 [+0.18, +0.36], "
+          "n=114, one fine-tune seed; sycophancy total); a one-seed first look gives correctness +0.11 "
+          "[+0.05, +0.16] (n=123) at k = -8 (notes below); next the sweep `python steer.py -m experiment=gcd evaluator.gcd.source=small "
           "base_adapter=<adapter> seed=0,1,2 method=weight,activation,system_prompt,task_vector_neg 'k=[-8,-4,-2,0]'`"),
     Claim("C4", "Evil through the weights", "§4.2, Fig 5",
           "Adding evil through the weights raises the valid-and-evil rate further than activation steering before "

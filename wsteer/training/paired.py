@@ -132,7 +132,7 @@ class PairedModule(L.LightningModule):
         self.history: list[dict] = []  # one row per validation: step, side, loss
         self.checkpoints: dict[int, dict[str, object]] = {}  # step -> side -> exported weights
         self.side_seconds = {s: 0.0 for s in self.sides}  # wall time spent training each side
-        self.val_seconds = 0.0  # wall time spent validating (both sides, every eval_every steps and at step 0)
+        self.val_seconds = 0.0  # wall time spent validating (both sides, every eval_every steps)
         self._val_t0 = 0.0
         self._val_sums: dict[str, list[float]] = {}
         # Resume checkpoints hold only the trained parameters (the frozen base is reloaded from the model source),
