@@ -47,11 +47,13 @@ def strategy(t):
 def warn_if_slow_bf16(precision: str, accelerator: str) -> None:
     """bf16 training on the CPU was measured (BENCHMARKS.md "Issue 19 study") only on a CPU with native bf16
     (AVX512-BF16/AMX), where it was 1.08-1.48x faster; without native bf16 it has no measured speed-up at all."""
+    if not precision.startswith("bf16"):
+        return  # nothing to probe: fp32 training never touches the CUDA/MPS/oneDNN checks below
     import torch
 
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
                                       and not torch.backends.mps.is_available())
-    if on_cpu and precision.startswith("bf16") and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if on_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         warnings.warn(f"trainer.precision={precision} on a CPU without native bf16 (no AVX512-BF16 or AMX): "
                       "the bf16 speed-up was measured only with native bf16, without it training may be slower than "
                       "in float32 (trainer.precision=32-true)", stacklevel=2)
