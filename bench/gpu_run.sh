@@ -17,6 +17,8 @@
 #   generate-1.5b   generation 1.5B, same settings                                               ≈ 3 min
 #   kswitch_memory  k_switch 7B (5 switches, no suite pass) then memory 7B (5 steps)             ≈ 6–7 min
 # Single benches, for reruns: train-1.5b train-7b kswitch memory.
+# A 15-minute lease (one call, ≤ 570 s): lease15 = tests, then generation 7B (one pass per system, no ours_big),
+# then training 7B (one repeat of plain, ours with length grouping as conf/trainer/gpu.yaml, TRL).
 # Optional, only with device time left: kswitch_suite = k_switch 7B with the sycophancy suite pass (≈ 8 min: the
 # suite's new batch shapes each pay a torch.compile inside the timed pass, see BENCHMARKS.md).
 set -uo pipefail
@@ -27,8 +29,8 @@ OUT=${OUT:-/tmp/out}
 BUDGET=${STAGE_BUDGET_S:-570}
 PY=${PY:-python3}
 case "$STAGE" in
-  tests|train|generate-7b|generate-1.5b|kswitch_memory|train-1.5b|train-7b|kswitch|memory|kswitch_suite) ;;
-  *) echo "usage: bash bench/gpu_run.sh {tests|train|generate-7b|generate-1.5b|kswitch_memory|train-1.5b|train-7b|kswitch|memory|kswitch_suite}" >&2
+  tests|train|generate-7b|generate-1.5b|kswitch_memory|train-1.5b|train-7b|kswitch|memory|kswitch_suite|lease15) ;;
+  *) echo "usage: bash bench/gpu_run.sh {tests|train|generate-7b|generate-1.5b|kswitch_memory|train-1.5b|train-7b|kswitch|memory|kswitch_suite|lease15}" >&2
      exit 2 ;;
 esac
 mkdir -p "$OUT"
@@ -89,19 +91,19 @@ bench() {
   [ "$rc" -eq 0 ] || FAILED+=("$name(rc $rc)")
 }
 
-train() {  # $1 arch, $2 cap. 144k real tokens per system pass (20 steps × 2 sides × 8 rows × ~450 tokens);
+train() {  # $1 arch, $2 cap, $3 repeats (2), $4 systems (the bench's default). 144k real tokens per system pass (20 steps × 2 sides × 8 rows × ~450 tokens);
   # 4 systems × 2 repeats, a model load each (TRL: one per side). 1.5B ≈ 1.5–2 min, 7B ≈ 4 min.
   bench "train-$1" "$2" "$PY" bench/train_throughput.py --device cuda --arch "qwen2.5-$1" --batch-size 8 \
-    --max-length 512 --steps 20 --repeats 2 --json "$OUT/train_qwen2.5-$1.json"
+    --max-length 512 --steps 20 --repeats "${3:-2}" ${4:+--systems "$4"} --json "$OUT/train_qwen2.5-$1.json"
 }
 
-generate() {  # $1 arch, $2 cap. 80 prompts × 128 new tokens = 10k tokens per pass. On CUDA the bench first runs
+generate() {  # $1 arch, $2 cap, $3 systems (all four). 80 prompts × 128 new tokens = 10k tokens per pass. On CUDA the bench first runs
   # one untimed pass per system (--warmup auto = full), so every static-cache shape is compiled before timing
   # (transformers 5.17 compiles with dynamic=None: after one shape change it recompiles once with dynamic
   # shapes); then one timed pass per system. k·w is merged once, outside the timed passes. 7B ≈ 5 min, 1.5B ≈ 3.
   TORCH_LOGS=recompiles bench "generate-$1" "$2" "$PY" bench/generation.py --device cuda --arch "qwen2.5-$1" \
     --batch-size 64 --big-batch 256 --max-new-tokens 128 --variants 2 --repeats 1 \
-    --systems hf_generate_peft_unmerged,hf_generate_merged,ours,ours_big --json "$OUT/generation_qwen2.5-$1.json"
+    --systems "${3:-hf_generate_peft_unmerged,hf_generate_merged,ours,ours_big}" --json "$OUT/generation_qwen2.5-$1.json"
 }
 
 kswitch() {  # $1 cap, $2 suite behavior. 5 switches (bf16: B·A formed on the GPU, ~0.1 s each for 7B), 4
@@ -129,6 +131,9 @@ run_stage() {
     kswitch)        kswitch 600 none ;;
     memory)         memory 600 ;;
     kswitch_suite)  kswitch 600 sycophancy _suite ;;
+    lease15)        bench tests 170 "$PY" -m pytest -m gpu tests/ -rs -p no:cacheprovider
+                    generate 7b 230 hf_generate_peft_unmerged,hf_generate_merged,ours
+                    train 7b 600 1 plain,ours_grouped,trl ;;
   esac
   echo
   if [ "${#FAILED[@]}" -eq 0 ]; then
