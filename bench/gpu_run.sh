@@ -123,7 +123,7 @@ run_stage() {
   case "$STAGE" in
     tests)          bench tests 480 "$PY" -m pytest -m gpu tests/ -rs -p no:cacheprovider ;;
     train)          train 1.5b 210; train 7b 600 ;;
-    train-1.5b)     train 1.5b 600 ;;
+    train-1.5b)     train 1.5b 600 1 plain,ours,ours_grouped,trl ;;
     train-7b)       train 7b 600 ;;
     generate-7b)    generate 7b 600 ;;
     generate-1.5b)  generate 1.5b 600 ;;
