@@ -186,6 +186,38 @@ def test_c4_compares_methods_before_mmlu_drops_and_needs_the_judged_cot_check():
     assert C.verdict(checks) == C.INCONCLUSIVE  # the CoT-consistency half is not measured judge-free
 
 
+def test_c3_picks_the_weight_k_that_keeps_gcd_accuracy_and_compares_every_baseline_there():
+    from wsteer.reproduction.data import Experiment, Row
+
+    rng, n = random.Random(2), 150
+    base_acc = [int(rng.random() < 0.6) for _ in range(n)]
+
+    def row(method: str, k: float, p_correct: float, p_disagree: float, acc_keep: float) -> Row:
+        r = Row(method, k)
+        for seed in (0, 1, 2) if method != "system_prompt" else (0,):
+            r.scores[seed] = {
+                C.GCD_NSC: {f"g{i:03d}": int(rng.random() < p_correct) for i in range(n)},
+                C.GCD_NSD: {f"g{i:03d}": int(rng.random() < p_disagree) for i in range(n)},
+                C.GCD_ACC: {f"g{i:03d}": a if rng.random() < acc_keep else 0 for i, a in enumerate(base_acc)}}
+        return r
+
+    settings = [("weight", 0, 0.0, 0.0, 1), ("weight", -4, 0.3, 0.2, 1), ("weight", -8, 0.6, 0.4, 0.3),
+                ("activation", 0, 0.0, 0.0, 1), ("activation", -4, 0.05, 0.0, 1), ("activation", -8, 0.3, 0.1, 0.3),
+                ("task_vector_neg", 0, 0.0, 0.0, 1), ("task_vector_neg", -4, 0.02, 0.0, 1),
+                ("system_prompt", 0, 0.0, 0.0, 1), ("system_prompt", -1, 0.03, 0.0, 1)]
+    exp = Experiment("gcd", {}, {(m, float(k)): row(m, float(k), *rest) for m, k, *rest in settings})
+    assert C.keeping_gcd_accuracy(exp, "weight") == -4.0  # k = -8 restores more but GCD accuracy has dropped
+    checks = C.c3_checks(exp)
+    assert [c.status for c in checks] == ["holds"] * 6
+    assert "activation@-8 − activation@0" in checks[3].label  # activation judged at its most non-sycophantic k
+    assert "weight@-4 − system_prompt@-1" in checks[4].label and "task_vector_neg@-4" in checks[5].label
+    assert C.verdict(checks) == C.REPRODUCED
+    # the model never disagreeing leaves the disagreement half unresolved, whatever correctness does
+    exp.rows[("weight", -4.0)] = row("weight", -4, 0.3, 0.0, 1)
+    exp.rows[("weight", 0.0)] = row("weight", 0, 0.0, 0.0, 1)
+    assert C.verdict(C.c3_checks(exp)) == C.INCONCLUSIVE
+
+
 def test_export_runs_keeps_a_base_and_its_fine_tune_as_rows_and_c5_checks_the_premise(tmp_path, capsys):
     def run(name: str, refusals: list[int]) -> Path:
         d = tmp_path / name
