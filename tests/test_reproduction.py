@@ -208,9 +208,10 @@ def test_c3_picks_the_weight_k_that_keeps_gcd_accuracy_and_compares_every_baseli
     exp = Experiment("gcd", {}, {(m, float(k)): row(m, float(k), *rest) for m, k, *rest in settings})
     assert C.keeping_gcd_accuracy(exp, "weight") == -4.0  # k = -8 restores more but GCD accuracy has dropped
     checks = C.c3_checks(exp)
-    assert [c.status for c in checks] == ["holds"] * 6
+    assert [c.status for c in checks] == ["holds"] * 7
     assert "activation@-8 − activation@0" in checks[3].label  # activation judged at its most non-sycophantic k
-    assert "weight@-4 − system_prompt@-1" in checks[4].label and "task_vector_neg@-4" in checks[5].label
+    assert "weight@-4 − activation@-8" in checks[4].label
+    assert "weight@-4 − system_prompt@-1" in checks[5].label and "task_vector_neg@-4" in checks[6].label
     assert C.verdict(checks) == C.REPRODUCED
     # the model never disagreeing leaves the disagreement half unresolved, whatever correctness does
     exp.rows[("weight", -4.0)] = row("weight", -4, 0.3, 0.0, 1)

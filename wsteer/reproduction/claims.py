@@ -155,15 +155,18 @@ def c3_checks(exp: Experiment) -> list[Check]:
                  exp.difference(w, w0, GCD_ACC))]
     ka = _most(exp, "activation", [k for k in exp.ks("activation") if k < 0], GCD_NSC, lowest=False)
     if ka is not None:
-        out.append(Check(f"activation steering hurts GCD accuracy (at its most non-sycophantic k): accuracy, "
-                         f"activation@{ka:g} − activation@0", "< 0",
-                         exp.difference(("activation", ka), ("activation", 0.0), GCD_ACC)))
+        a = ("activation", ka)
+        out += [Check(f"activation steering hurts GCD accuracy (at its most non-sycophantic k): accuracy, "
+                      f"activation@{ka:g} − activation@0", "< 0", exp.difference(a, ("activation", 0.0), GCD_ACC)),
+                Check(f"… more than weights do: accuracy, weight@{kw:g} − activation@{ka:g}", "> 0",
+                      exp.difference(w, a, GCD_ACC))]
     if ("system_prompt", -1.0) in exp.rows:
         out.append(Check(f"system prompts do not help as much: non-sycophancy (correctness), weight@{kw:g} − "
                          "system_prompt@-1", "> 0", exp.difference(w, ("system_prompt", -1.0), GCD_NSC)))
-    if ("task_vector_neg", kw) in exp.rows:
+    kt = keeping_gcd_accuracy(exp, "task_vector_neg")  # τ⁻ at its own best k that keeps GCD accuracy
+    if kt is not None:
         out.append(Check(f"τ⁻ does not help as much: non-sycophancy (correctness), weight@{kw:g} − "
-                         f"task_vector_neg@{kw:g}", "> 0", exp.difference(w, ("task_vector_neg", kw), GCD_NSC)))
+                         f"task_vector_neg@{kt:g}", "> 0", exp.difference(w, ("task_vector_neg", kt), GCD_NSC)))
     return out
 
 
