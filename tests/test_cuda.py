@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import CONF, assert_bitwise, snapshot
-from tests.test_methods import NAMES, _steerers
+from tests.test_methods import NAMES, assert_k_zero_is_a_no_op_and_undo_is_exact, steerers
 from wsteer.generation import generate
 
 DEVICE = os.environ.get("WSTEER_TEST_DEVICE", "cuda")
@@ -63,19 +63,7 @@ def test_the_model_and_its_training_ran_on_the_device(built):
 def test_k_zero_is_a_no_op_and_undo_is_bitwise_on_the_device(built, name, dtype):
     ctx, arts = built
     model = ctx.model if dtype == torch.float32 else copy.deepcopy(ctx.model).to(dtype)
-    steerer = _steerers(ctx, arts)[name]
-    ids = IDS.to(DEVICE)
-    snap = snapshot(model)
-    with torch.no_grad():
-        base = model(ids).logits
-        with steerer.apply(model, 0):
-            torch.testing.assert_close(model(ids).logits, base, rtol=0, atol=0)
-        k = 2 if name != "finetune" else steerer.steps()[-1]
-        with steerer.apply(model, k):
-            assert not torch.equal(model(ids).logits, base)
-        torch.testing.assert_close(model(ids).logits, base, rtol=0, atol=0)
-    assert_bitwise(model, snap)
-    assert not any(m._forward_hooks for m in model.modules())
+    assert_k_zero_is_a_no_op_and_undo_is_exact(steerers(ctx, arts)[name], model, name, IDS.to(DEVICE))
 
 
 @pytest.mark.parametrize("k", [-2.0, 4])
@@ -96,7 +84,7 @@ def test_weight_steering_sets_theta_plus_k_w_on_the_device(built, k):
 @pytest.mark.parametrize("name", ["weight", "activation", "activation_all_layers"])
 def test_batched_generation_equals_unbatched_under_steering_on_the_device(built, name):
     ctx, arts = built
-    steerer = _steerers(ctx, arts)[name]
+    steerer = steerers(ctx, arts)[name]
     convs = [steerer.conversation([{"role": "user", "content": q}], -2) for q in ctx.behavior.heldout_questions[:4]]
     with steerer.apply(ctx.model, -2):
         batched = generate(ctx.model, ctx.tokenizer, convs, max_new_tokens=8, batch_size=4, compile=False)

@@ -36,7 +36,7 @@ def built(tmp_path_factory):
     return ctx, arts
 
 
-def _steerers(ctx, arts):
+def steerers(ctx, arts):
     b = ctx.behavior
     return {
         "weight": WeightSteerer(arts["lora"]["contrastive"]),
@@ -53,27 +53,33 @@ def _steerers(ctx, arts):
 NAMES = ["weight", "task_vector_pos", "task_vector_neg", "bias", "activation", "activation_all_layers", "finetune"]
 
 
+def assert_k_zero_is_a_no_op_and_undo_is_exact(steerer, model, name: str, ids=IDS) -> None:
+    """k = 0 leaves the logits bitwise equal; k ≠ 0 changes them; undo restores every parameter bitwise."""
+    state = {n: t.clone() for n, t in model.state_dict().items()}
+    with torch.no_grad():
+        base = model(ids).logits
+        with steerer.apply(model, 0):
+            torch.testing.assert_close(model(ids).logits, base, rtol=0, atol=0)
+        k = 2 if name != "finetune" else steerer.steps()[-1]
+        with steerer.apply(model, k):
+            assert not torch.allclose(model(ids).logits, base)
+        torch.testing.assert_close(model(ids).logits, base, rtol=0, atol=0)
+    assert all(torch.equal(model.state_dict()[n], t) for n, t in state.items())
+    assert not any(m._forward_hooks for m in model.modules())  # no hook left behind
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_k_zero_is_a_no_op_and_undo_is_exact_for_every_method(built, name):
     ctx, arts = built
-    steerer, model = _steerers(ctx, arts)[name], ctx.model
-    steerer.check_compatible(model, ctx.fingerprint)
-    state = {n: t.clone() for n, t in model.state_dict().items()}
-    base = model(IDS).logits
-    with steerer.apply(model, 0):
-        torch.testing.assert_close(model(IDS).logits, base, rtol=0, atol=0)
-    k = 2 if name != "finetune" else steerer.steps()[-1]
-    with steerer.apply(model, k):
-        assert not torch.allclose(model(IDS).logits, base)
-    torch.testing.assert_close(model(IDS).logits, base, rtol=0, atol=0)
-    assert all(torch.equal(model.state_dict()[n], t) for n, t in state.items())
-    assert not any(m._forward_hooks for m in model.modules())  # no hook left behind
+    steerer = steerers(ctx, arts)[name]
+    steerer.check_compatible(ctx.model, ctx.fingerprint)
+    assert_k_zero_is_a_no_op_and_undo_is_exact(steerer, ctx.model, name)
 
 
 @pytest.mark.parametrize("name", ["weight", "bias", "activation", "activation_all_layers", "system_prompt"])
 def test_batched_generation_equals_unbatched_under_steering(built, name):
     ctx, arts = built
-    steerer = _steerers(ctx, arts)[name]
+    steerer = steerers(ctx, arts)[name]
     convs = [steerer.conversation([{"role": "user", "content": q}], -2) for q in ctx.behavior.heldout_questions[:4]]
     with steerer.apply(ctx.model, -2):
         batched = generate(ctx.model, ctx.tokenizer, convs, max_new_tokens=8, batch_size=4)
@@ -83,7 +89,7 @@ def test_batched_generation_equals_unbatched_under_steering(built, name):
 
 def test_task_vectors_compose_to_weight_steering_and_tau_pos_alone_differs(built):
     ctx, arts = built
-    model, s = ctx.model, _steerers(ctx, arts)
+    model, s = ctx.model, steerers(ctx, arts)
     with s["weight"].apply(model, -2):
         w_state = {n: t.clone() for n, t in model.state_dict().items()}
     with s["task_vector_pos"].apply(model, -2), s["task_vector_neg"].apply(model, -2):
@@ -161,7 +167,7 @@ def test_prompt_tokens_never_enter_the_activation_means(tiny):
 
 def test_system_prompt_baseline_prepends_the_opposing_prompt_only_when_steering(built):
     ctx, arts = built
-    s = _steerers(ctx, arts)["system_prompt"]
+    s = steerers(ctx, arts)["system_prompt"]
     conv = [{"role": "user", "content": "hi"}]
     assert s.conversation(conv, 0) == conv
     assert s.conversation(conv, -1)[0]["content"] == ctx.behavior.neg_system_prompts[0]
@@ -170,7 +176,7 @@ def test_system_prompt_baseline_prepends_the_opposing_prompt_only_when_steering(
 
 def test_finetune_checkpoints_are_addressed_by_signed_step(built):
     ctx, arts = built
-    s = _steerers(ctx, arts)["finetune"]
+    s = steerers(ctx, arts)["finetune"]
     assert s.steps() == [2, 4, 6]
     from wsteer.errors import WsteerError
 
