@@ -149,16 +149,16 @@ def c3_checks(exp: Experiment) -> list[Check]:
     w, w0 = ("weight", kw), ("weight", 0.0)
     out = [Check(f"θ_ft + k·w restores correctness: non-sycophancy (correctness), weight@{kw:g} − weight@0", "> 0",
                  exp.difference(w, w0, GCD_NSC)),
-           Check(f"… and disagreement: non-sycophancy (disagreement), weight@{kw:g} − weight@0", "> 0",
+           Check(f"θ_ft + k·w restores disagreement: non-sycophancy (disagreement), weight@{kw:g} − weight@0", "> 0",
                  exp.difference(w, w0, GCD_NSD)),
-           Check(f"… while keeping GCD accuracy: accuracy, weight@{kw:g} − weight@0", "≥ 0",
+           Check(f"θ_ft + k·w keeps GCD accuracy: accuracy, weight@{kw:g} − weight@0", "≥ 0",
                  exp.difference(w, w0, GCD_ACC))]
     ka = _most(exp, "activation", [k for k in exp.ks("activation") if k < 0], GCD_NSC, lowest=False)
     if ka is not None:
         a = ("activation", ka)
         out += [Check(f"activation steering hurts GCD accuracy (at its most non-sycophantic k): accuracy, "
                       f"activation@{ka:g} − activation@0", "< 0", exp.difference(a, ("activation", 0.0), GCD_ACC)),
-                Check(f"… more than weights do: accuracy, weight@{kw:g} − activation@{ka:g}", "> 0",
+                Check(f"activation hurts GCD accuracy more than weights do: accuracy, weight@{kw:g} − activation@{ka:g}", "> 0",
                       exp.difference(w, a, GCD_ACC))]
     if ("system_prompt", -1.0) in exp.rows:
         out.append(Check(f"system prompts do not help as much: non-sycophancy (correctness), weight@{kw:g} − "
@@ -293,6 +293,7 @@ GCD_CMDS = [  # one invocation per w seed (each ≈ 25–40 min on the CPU); k =
     *(f"{_GCD} seed={s} method=weight,activation,task_vector_neg 'k=[-8,-4,-2,0]' "
       f"hydra.sweep.dir=multirun/repro/gcd/seed{s}" for s in (0, 1, 2)),
     f"{_GCD} seed=0 method=system_prompt 'k=[-1,0]' hydra.sweep.dir=multirun/repro/gcd/system_prompt",
+    f"{_GCD} seed=0,1,2 method=weight,activation 'k=[-6,0]' hydra.sweep.dir=multirun/repro/gcd/k6",
     "python -m wsteer.reproduction export multirun/repro/gcd --name gcd --metric gcd/non_sycophancy_correctness "
     "--metric gcd/non_sycophancy_disagreement --metric gcd/accuracy --command ...",
 ]
@@ -323,7 +324,7 @@ CLAIMS = [
           "After a task fine-tune that makes the model sycophantic on GCD, θ_ft + k·w_syc (k < 0) restores "
           "correctness and disagreement while keeping GCD accuracy; activation steering hurts GCD accuracy; system "
           "prompts and τ⁻ do not help.",
-          "gcd", " && ".join(f"`{c}`" for c in GCD_CMDS[:5]), c3_checks,
+          "gcd", " && ".join(f"`{c}`" for c in GCD_CMDS[:6]), c3_checks,
           {"behavior": GCD_NSC, "capability": GCD_ACC,
            "methods": ["weight", "activation", "task_vector_neg", "system_prompt"]},
           (GCD_NSC, GCD_NSD, GCD_ACC)),
