@@ -51,3 +51,23 @@ def test_vector_for_another_base_model_is_one_clear_error(tmp_path):
                "model.layers.0.mlp.down_proj.weight::A": torch.zeros(2, 128)}, str(path),
               metadata={"format": "wsteer.weight_vector/1", "manifest": json.dumps(manifest)})
     _assert_one_clear_line(_run(tmp_path, f"vector={path}"), "built for base model 'Qwen/Qwen2.5-7B-Instruct'")
+
+
+def test_a_path_valued_override_names_one_multirun_folder_not_a_nest(tmp_path):
+    """conf/base.yaml names each job's folder after its overrides; `base_adapter=outputs/ft/adapter` must give one
+    folder (with "_" for "/"), not outputs/ft/adapter,... nested three deep. A real Hydra multirun over the real
+    config, with a job that only reports its folder."""
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import hydra\nimport wsteer.cli  # noqa: F401  (registers the folder-name resolver, as every entry script)\n"
+        "from hydra.core.hydra_config import HydraConfig\n\n"
+        f"@hydra.main(version_base='1.3', config_path={str(ROOT / 'conf')!r}, config_name='steer')\n"
+        "def main(cfg):\n    print('JOB', HydraConfig.get().runtime.output_dir)\n\nmain()\n")
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, str(app), "-m", "base_adapter=outputs/ft/adapter", "k=-1,1",
+                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=subprocess_env(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("JOB "))
+    assert [Path(j).name for j in jobs] == ["base_adapter=outputs_ft_adapter,k=-1", "base_adapter=outputs_ft_adapter,k=1"]
+    assert all(Path(j).parent == sweep for j in jobs)

@@ -10,6 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsteer.errors import WsteerError
 
+# Multirun jobs are named by their overrides (conf/base.yaml hydra.sweep.subdir). A path-valued override such as
+# base_adapter=outputs/ft/adapter would nest one folder per path part, so "/" becomes "_" in the folder name
+# (each job's .hydra/overrides.yaml keeps the real value). Registered here because every entry script imports it.
+OmegaConf.register_new_resolver("wsteer.dirname", lambda s: str(s).replace("/", "_"), replace=True)
+
 
 def guarded(run, cfg):
     try:
