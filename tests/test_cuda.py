@@ -15,8 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CONF, assert_bitwise, snapshot
-from tests.test_methods import NAMES, assert_k_zero_is_a_no_op_and_undo_is_exact, steerers
+from tests.conftest import assert_bitwise, snapshot
+from tests.test_methods import (
+    IDS,
+    NAMES,
+    assert_k_zero_is_a_no_op_and_undo_is_exact,
+    build_every_artifact,
+    method_config,
+    steerers,
+)
 from wsteer.generation import generate
 
 DEVICE = os.environ.get("WSTEER_TEST_DEVICE", "cuda")
@@ -24,29 +31,18 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs CUDA"),
 ]
-IDS = torch.tensor([[5, 17, 33, 90, 120, 7]])
 ACCELERATOR = "gpu" if DEVICE == "cuda" else "cpu"
 
 
 def _compose(tmp: Path, extra: list[str] = ()):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("steer", overrides=[
-            "debug=smoke", "logger=none", f"output_dir={tmp / 'out'}", f"paths.cache_dir={tmp / 'cache'}",
-            f"device={DEVICE}", f"trainer.accelerator={ACCELERATOR}", f"eval.accelerator={ACCELERATOR}",
-            "finetune.checkpoint_every=2", *extra])
+    return method_config(tmp, [f"device={DEVICE}", f"trainer.accelerator={ACCELERATOR}",
+                               f"eval.accelerator={ACCELERATOR}", *extra])
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """Every artifact kind trained on the device through Lightning (LoRA pair, biases, activations, checkpoints)."""
-    from wsteer.recipes._common import prepare
-    from wsteer.recipes.train import ensure_artifacts
-
-    ctx = prepare(_compose(tmp_path_factory.mktemp("cuda")))
-    arts = {src: ensure_artifacts(ctx, src)[0] for src in ("lora", "bias", "activation", "finetune")}
-    return ctx, arts
+    return build_every_artifact(_compose(tmp_path_factory.mktemp("cuda")))
 
 
 def test_the_model_and_its_training_ran_on_the_device(built):

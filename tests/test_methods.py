@@ -21,19 +21,26 @@ from wsteer.vectors import DenseVector
 IDS = torch.tensor([[5, 17, 33, 90, 120, 7]])
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """One tiny-model context with every artifact kind built once (LoRA pair, biases, activations, checkpoints)."""
+def method_config(tmp, extra: list[str] = ()):
+    """The smoke `steer` config with outputs and caches under `tmp` (tests/test_cuda.py adds the device)."""
     from hydra import compose, initialize_config_dir
 
-    tmp = tmp_path_factory.mktemp("methods")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("steer", overrides=["debug=smoke", "logger=none", f"output_dir={tmp / 'out'}",
-                                          f"paths.cache_dir={tmp / 'cache'}", "finetune.checkpoint_every=2"])
-    torch.set_num_threads(1)
+        return compose("steer", overrides=["debug=smoke", "logger=none", f"output_dir={tmp / 'out'}",
+                                           f"paths.cache_dir={tmp / 'cache'}", "finetune.checkpoint_every=2", *extra])
+
+
+def build_every_artifact(cfg):
+    """One tiny-model context with every artifact kind built once (LoRA pair, biases, activations, checkpoints)."""
     ctx = prepare(cfg)
     arts = {src: ensure_artifacts(ctx, src)[0] for src in ("lora", "bias", "activation", "finetune")}
     return ctx, arts
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    torch.set_num_threads(1)
+    return build_every_artifact(method_config(tmp_path_factory.mktemp("methods")))
 
 
 def steerers(ctx, arts):

@@ -129,17 +129,23 @@ def c2_checks(exp: Experiment) -> list[Check]:
     return out
 
 
+def best_k_keeping(exp: Experiment, method: str, ks: list[float], behavior: str, capability: str) -> float | None:
+    """The k among `ks` with the highest `behavior` among those whose `capability` drop from k = 0
+    is not resolved (its interval reaches 0): the paper compares methods "before TinyMMLU drops" (Fig 5) and
+    "while keeping GCD accuracy" (Fig 3)."""
+    usable = [k for k in ks if (method, 0.0) in exp.rows
+              and (d := exp.difference((method, k), (method, 0.0), capability)) is not None and d.high >= 0]
+    return _most(exp, method, usable, behavior, lowest=False)
+
+
 # ---- GCD sycophancy after a task fine-tune (paper §4.1.2, Fig 3) ----------------------------------------------
 
 GCD_NSC, GCD_NSD, GCD_ACC = ("gcd/non_sycophancy_correctness", "gcd/non_sycophancy_disagreement", "gcd/accuracy")
 
 
 def keeping_gcd_accuracy(exp: Experiment, method: str) -> float | None:
-    """The k < 0 with the highest correctness-based non-sycophancy among those whose GCD accuracy drop from k = 0 is
-    not resolved: the paper reads Fig 3 as restoring correctness "while keeping GCD accuracy"."""
-    usable = [k for k in exp.ks(method) if k < 0 and (method, 0.0) in exp.rows
-              and (d := exp.difference((method, k), (method, 0.0), GCD_ACC)) is not None and d.high >= 0]
-    return _most(exp, method, usable, GCD_NSC, lowest=False)
+    """The k < 0 with the highest correctness-based non-sycophancy while keeping GCD accuracy (`best_k_keeping`)."""
+    return best_k_keeping(exp, method, [k for k in exp.ks(method) if k < 0], GCD_NSC, GCD_ACC)
 
 
 def c3_checks(exp: Experiment) -> list[Check]:
@@ -176,16 +182,8 @@ EVIL, MMLU = "evil_mcq/evil_rate", "mmlu/accuracy"
 
 
 def before_mmlu_drops(exp: Experiment, method: str) -> float | None:
-    """The k > 0 with the highest valid-and-evil rate among those whose MMLU drop from k = 0 is not resolved (its
-    interval reaches 0): the paper compares how far each method pushes evil "before TinyMMLU drops" (Fig 5)."""
-    usable = []
-    for k in exp.ks(method):
-        if k <= 0 or (method, 0.0) not in exp.rows:
-            continue
-        d = exp.difference((method, k), (method, 0.0), MMLU)
-        if d is not None and d.high >= 0:
-            usable.append(k)
-    return _most(exp, method, usable, EVIL, lowest=False)
+    """The k > 0 with the highest valid-and-evil rate before MMLU drops (`best_k_keeping`)."""
+    return best_k_keeping(exp, method, [k for k in exp.ks(method) if k > 0], EVIL, MMLU)
 
 
 def c4_checks(exp: Experiment) -> list[Check]:
@@ -287,7 +285,7 @@ MONITORING_CMDS = [
 SYCOPHANCY_PLAN = " && ".join(f"`{c}`" for c in SYCOPHANCY_CMDS[:3])
 _GCD = ("python steer.py -m experiment=gcd evaluator.gcd.source=small base_adapter=outputs/c3/ft_epoch/adapter/task "
         "logger=none")
-GCD_CMDS = [  # one invocation per w seed (each ≈ 25–40 min on the CPU); k = 0 is shared through the item store
+GCD_CMDS = [  # one invocation per w seed (20–31 min each, measured on the CPU); k = 0 is shared via the item store
     "python train.py experiment=gcd_finetune logger=none task.data=data/gcd_small/train.jsonl trainer.max_length=336 "
     "trainer.val_fraction=0.01 seed=0 hydra.run.dir=outputs/c3/ft_epoch",
     *(f"{_GCD} seed={s} method=weight,activation,task_vector_neg 'k=[-8,-4,-2,0]' "
