@@ -20,6 +20,8 @@
 # A 15-minute lease (one call, ≤ 570 s): lease15 = tests, then generation 7B (one pass per system, no ours_big),
 # then training 7B (one repeat of plain, ours with random batches as conf/trainer/gpu.yaml, ours grouped, TRL).
 # The 2026-12-04 H200 run had no ungrouped `ours` in this stage (it was added after: BENCHMARKS.md).
+# lease15b, the second 15-minute lease: the refactored gpu tests, 7B training with random against grouped batches
+# (the gpu.yaml default), then big-batch generation (ours_big, batch 256) against merged `generate` with what is left.
 # Optional, only with device time left: kswitch_suite = k_switch 7B with the sycophancy suite pass (≈ 8 min: the
 # suite's new batch shapes each pay a torch.compile inside the timed pass, see BENCHMARKS.md).
 set -uo pipefail
@@ -30,8 +32,8 @@ OUT=${OUT:-/tmp/out}
 BUDGET=${STAGE_BUDGET_S:-570}
 PY=${PY:-python3}
 case "$STAGE" in
-  tests|train|generate-7b|generate-1.5b|kswitch_memory|train-1.5b|train-7b|kswitch|memory|kswitch_suite|lease15) ;;
-  *) echo "usage: bash bench/gpu_run.sh {tests|train|generate-7b|generate-1.5b|kswitch_memory|train-1.5b|train-7b|kswitch|memory|kswitch_suite|lease15}" >&2
+  tests|train|generate-7b|generate-1.5b|kswitch_memory|train-1.5b|train-7b|kswitch|memory|kswitch_suite|lease15|lease15b) ;;
+  *) echo "usage: bash bench/gpu_run.sh {tests|train|generate-7b|generate-1.5b|kswitch_memory|train-1.5b|train-7b|kswitch|memory|kswitch_suite|lease15|lease15b}" >&2
      exit 2 ;;
 esac
 mkdir -p "$OUT"
@@ -135,6 +137,9 @@ run_stage() {
     lease15)        bench tests 170 "$PY" -m pytest -m gpu tests/ -rs -p no:cacheprovider
                     generate 7b 230 hf_generate_peft_unmerged,hf_generate_merged,ours
                     train 7b 600 1 plain,ours,ours_grouped,trl ;;
+    lease15b)       bench tests 170 "$PY" -m pytest -m gpu tests/ -rs -p no:cacheprovider
+                    train 7b 300 1 plain,ours,ours_grouped
+                    generate 7b 600 hf_generate_merged,ours_big ;;
   esac
   echo
   if [ "${#FAILED[@]}" -eq 0 ]; then

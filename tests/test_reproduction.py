@@ -241,3 +241,44 @@ def test_export_runs_keeps_a_base_and_its_fine_tune_as_rows_and_c5_checks_the_pr
     assert checks[1].status == "no data" and C.verdict(checks) == C.INCONCLUSIVE
     assert main(["export-runs", "--name", "r", "--run", str(base), "--metric", C.REFUSAL, "--command", "x"]) == 2
     assert "LABEL=DIR" in capsys.readouterr().err
+
+
+def test_a_claims_results_files_merge_per_row_and_seed_and_a_renamed_metric_sits_beside_the_original(tmp_path):
+    from wsteer.reproduction.data import merge
+
+    _sweep(tmp_path / "a", 0.9, 0.6)
+    _sweep(tmp_path / "b", 0.5, 0.5)
+    zero_shot = load(export(tmp_path / "a", tmp_path / "a.json", "a", [NS, ACC], ["cmd a"]))
+    cot = load(export(tmp_path / "b", tmp_path / "b.json", "b", [f"{NS}=factual_qa_cot/non_sycophancy"], ["cmd b"]))
+    assert cot.meta["n_items"] == {"factual_qa_cot": 120}
+    both = merge([zero_shot, cot])
+    assert both.meta["commands"] == ["cmd a", "cmd b"] and both.meta["n_items"] == {"factual_qa": 120,
+                                                                                   "factual_qa_cot": 120}
+    assert both.estimate("weight", -2, NS) == zero_shot.estimate("weight", -2, NS)
+    assert both.estimate("weight", -2, "factual_qa_cot/non_sycophancy") == cot.estimate("weight", -2, "factual_qa_cot/non_sycophancy")
+    with pytest.raises(WsteerError, match=r"has \['factual_qa/accuracy', 'factual_qa/non_sycophancy'\].*from one run"):
+        merge([zero_shot, zero_shot])
+
+
+def test_c5_on_a_refusing_base_checks_the_premise_then_weights_against_the_task_vector_at_kept_gsm8k():
+    from wsteer.reproduction.data import Experiment, Row
+
+    rng, n = random.Random(3), 100
+    base_gsm = [int(rng.random() < 0.3) for _ in range(50)]
+
+    def row(method: str, k: float, p_refuse: float, gsm_keep: float, seeds=(0, 1, 2)) -> Row:
+        r = Row(method, k)
+        for seed in seeds:
+            r.scores[seed] = {C.REFUSAL: {f"r{i:03d}": int(rng.random() < p_refuse) for i in range(n)},
+                              C.GSM8K: {f"g{i:02d}": a if rng.random() < gsm_keep else 0 for i, a in enumerate(base_gsm)}}
+        return r
+
+    settings = [(C.SAFE, 0, 0.9, 1, (0,)), (C.SAFE_FT, 0, 0.2, 1, (0,)),
+                ("weight", 0, 0.2, 1), ("weight", 1, 0.6, 1), ("weight", 4, 0.95, 0.2),
+                ("task_vector_pos", 0, 0.2, 1), ("task_vector_pos", 1, 0.25, 1)]
+    exp = Experiment("refusal", {}, {(m, float(k)): row(m, float(k), *rest) for m, k, *rest in settings})
+    checks = C.c5_checks(exp)
+    assert checks[0].label.startswith("premise: the GSM8K fine-tune erodes the refusals of θ_safe")
+    assert "weight@1 − weight@0" in checks[1].label  # k = 4 refuses more but GSM8K has dropped
+    assert "task_vector_pos@1" in checks[3].label
+    assert [c.status for c in checks] == ["holds"] * 4 and C.verdict(checks) == C.REPRODUCED

@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("export", help="keep a finished sweep's per-item scores as docs/reproduction/<name>.json")
     ex.add_argument("sweep_dir")
     ex.add_argument("--name", required=True, help="the experiment's name (the claims name it, e.g. sycophancy)")
-    ex.add_argument("--metric", action="append", required=True, help="<evaluator>/<metric>; repeat")
+    ex.add_argument("--metric", action="append", required=True, help="<evaluator>/<metric>, or <evaluator>/<metric>="
+                    "<name>/<metric> to keep it under another name (e.g. a CoT run's evil_mcq/evil_rate=evil_mcq_cot/"
+                    "evil_rate beside a zero-shot run's); repeat")
     ex.add_argument("--command", action="append", required=True, help="the command(s) that ran the sweep; repeat")
     ex.add_argument("--notes", default="", help="one paragraph on the setting (reused items, interruptions)")
     ex.add_argument("--out-dir", default="docs/reproduction")
@@ -38,6 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     em.add_argument("--cache-dir", default="~/.cache/wsteer", help="where the sweep's vectors are cached")
     em.add_argument("--out-dir", default="docs/reproduction")
     em.add_argument("--code-commit", default=None, help="the commit the sweep ran (default: this checkout's)")
+    jr = sub.add_parser("judge-recorded", help="score the recorded CoT (evil_mcq format=cot) and safety answers of "
+                        "a finished run or sweep with a judge, in place (the judge-free file is kept)")
+    jr.add_argument("sweep_dir")
+    jr.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides that pick the judge, e.g. --override judge=openai --override "
+                    "judge.model=local; repeat")
+    jc = sub.add_parser("judge-check", help="score hand-labelled cases with a judge: what it can and cannot tell")
+    jc.add_argument("--cases", default="docs/reproduction/judge_cases.jsonl")
+    jc.add_argument("--out", default="docs/reproduction/judge_check.json")
+    jc.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="as for judge-recorded")
+    jc.add_argument("--command", default=None, help="the command line to record (default: this one)")
     bd = sub.add_parser("build", help="regenerate docs/reproduction.md, its figures and the README table")
     bd.add_argument("--doc", default="docs/reproduction.md")
     bd.add_argument("--data-dir", default="docs/reproduction")
@@ -65,6 +78,19 @@ def main(argv: list[str] | None = None) -> int:
 
             out = export_monitoring(args.sweep_dir, Path(args.out_dir) / "monitoring.json", args.command,
                                     args.notes, args.cache_dir, args.code_commit)
+            print(f"wsteer: wrote {out}")
+        elif args.cmd == "judge-recorded":
+            from wsteer.reproduction.rejudge import compose_judge, judge_recorded
+
+            counts = judge_recorded(args.sweep_dir, compose_judge(args.override))
+            print(f"wsteer: judged {counts['judged']} recorded answers in {counts['jobs']} jobs "
+                  f"({counts['unusable']} without a usable score)")
+        elif args.cmd == "judge-check":
+            from wsteer.reproduction.judge_check import run
+            from wsteer.reproduction.rejudge import compose_judge
+
+            command = args.command or "python -m wsteer.reproduction " + " ".join(sys.argv[1:] if argv is None else argv)
+            out = run(compose_judge(args.override), args.cases, args.out, command)
             print(f"wsteer: wrote {out}")
         else:
             from wsteer.reproduction.report import build

@@ -53,6 +53,10 @@ class Claim:
     checks: Callable[..., list[Check]] | None = None  # (Experiment | Monitoring) -> checks
     figure: dict = field(default_factory=dict)  # {"behavior": metric, "capability": metric, "methods": [...]}
     table_metrics: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()  # further results files of this claim, joined to `experiment` (`data.merge`)
+
+    def files(self) -> list[str]:
+        return [self.experiment, *self.extra]
 
 
 def verdict(checks: list[Check]) -> str:
@@ -211,41 +215,47 @@ def c4_checks(exp: Experiment) -> list[Check]:
     return out
 
 
+COT = "evil_mcq/cot_consistency"  # judged after the run on recorded CoT answers (evil_cot.json; rejudge.py)
+
+
 def _cot_check(exp: Experiment, kw: float | None) -> Estimate | None:
-    m = "evil_mcq/cot_consistency"
     if kw is None or ("weight", kw) not in exp.rows:
         return None
-    return exp.difference(("weight", kw), ("weight", 0.0), m)
+    return exp.difference(("weight", kw), ("weight", 0.0), COT)
 
 
 # ---- refusal (paper §4.3, Fig 6) -------------------------------------------------------------------------------
 
-REFUSAL, GSM8K = "safety/refusal_rate", "gsm8k/accuracy"
-FT = "gsm8k_ft"  # the unsteered GSM8K task fine-tune θ_ft; "base" is θ
+REFUSAL, GSM8K, SAFETY = "safety/refusal_rate", "gsm8k/accuracy", "safety/safety_rate"
+FT = "gsm8k_ft"  # the unsteered GSM8K task fine-tune of θ; "base" is θ (it refuses 1 in 100: nothing to erode)
+# The premise made to hold: θ_safe = θ + a refusal fine-tune (the stand-in for Llama-2-chat's safety training) and
+# its GSM8K fine-tune θ_safe_ft; the steered sweep runs on θ_safe_ft, so weight@0 is θ_safe_ft on each seed.
+SAFE, SAFE_FT = "safe_base", "safe_gsm8k_ft"
 
 
 def c5_checks(exp: Experiment) -> list[Check]:
-    """The premise first (the fine-tune erodes refusals), then θ_ft + k·w_refusal against θ_ft once steered rows
-    (method weight / task_vector_pos on base_adapter=θ_ft) are committed."""
+    """The premise first (the fine-tune erodes refusals), then θ_ft + k·w_refusal against θ_ft (weight@0) at the k
+    that restores most refusals without a resolved GSM8K drop, and the refusal task vector τ⁺ at its own such k."""
     out = []
-    if ("base", 0.0) in exp.rows and (FT, 0.0) in exp.rows:
+    if (SAFE, 0.0) in exp.rows and (SAFE_FT, 0.0) in exp.rows:
+        out.append(Check(f"premise: the GSM8K fine-tune erodes the refusals of θ_safe: refusal rate, {SAFE_FT} − "
+                         f"{SAFE}", "< 0", exp.difference((SAFE_FT, 0.0), (SAFE, 0.0), REFUSAL)))
+    elif ("base", 0.0) in exp.rows and (FT, 0.0) in exp.rows:
         out.append(Check(f"premise: the GSM8K fine-tune erodes refusals: refusal rate, {FT} − base", "< 0",
                          exp.difference((FT, 0.0), ("base", 0.0), REFUSAL)))
-    if (FT, 0.0) not in exp.rows:
-        return out
-    kw = _most(exp, "weight", [k for k in exp.ks("weight") if k > 0], REFUSAL, lowest=False)
+    kw = best_k_keeping(exp, "weight", [k for k in exp.ks("weight") if k > 0], REFUSAL, GSM8K)
     if kw is None:
         out.append(Check("θ_ft + k·w_refusal restores refusals, not run until the premise holds", "> 0", None))
         return out
-    out += [Check(f"weight steering restores refusals: refusal rate, weight@{kw:g} − {FT}", "> 0",
-                  exp.difference(("weight", kw), (FT, 0.0), REFUSAL)),
-            Check(f"… with little GSM8K loss: accuracy, weight@{kw:g} − {FT}", "≥ 0",
-                  exp.difference(("weight", kw), (FT, 0.0), GSM8K))]
-    kt = _most(exp, "task_vector_pos", [k for k in exp.ks("task_vector_pos") if k > 0], REFUSAL, lowest=False)
+    w, w0 = ("weight", kw), ("weight", 0.0)
+    out += [Check(f"weight steering restores refusals: refusal rate, weight@{kw:g} − weight@0 (θ_ft)", "> 0",
+                  exp.difference(w, w0, REFUSAL)),
+            Check(f"… with little GSM8K loss: accuracy, weight@{kw:g} − weight@0", "≥ 0",
+                  exp.difference(w, w0, GSM8K))]
+    kt = best_k_keeping(exp, "task_vector_pos", [k for k in exp.ks("task_vector_pos") if k > 0], REFUSAL, GSM8K)
     if kt is not None:
         out.append(Check(f"the refusal task vector alone does not: refusal rate, weight@{kw:g} − "
-                         f"task_vector_pos@{kt:g}", "> 0",
-                         exp.difference(("weight", kw), ("task_vector_pos", kt), REFUSAL)))
+                         f"task_vector_pos@{kt:g}", "> 0", exp.difference(w, ("task_vector_pos", kt), REFUSAL)))
     return out
 
 
@@ -332,14 +342,15 @@ CLAIMS = [
           "nothing.",
           "evil", EVIL_PLAN, c4_checks,
           {"behavior": EVIL, "capability": MMLU, "methods": ["weight", "activation", "bias", "task_vector_neg"]},
-          (EVIL, "evil_mcq/valid_rate", "evil_mcq/evil_given_valid", MMLU)),
+          (EVIL, "evil_mcq/valid_rate", "evil_mcq/evil_given_valid", MMLU, COT), extra=("evil_cot",)),
     Claim("C5", "Refusal after a GSM8K fine-tune", "§4.3, Fig 6",
           "After a GSM8K fine-tune erodes refusals, weight steering with refusal data restores the safety rate with "
           "little GSM8K loss; the refusal task vector alone does not.",
           "refusal", "premise first: measure whether `python train.py experiment=gsm8k_finetune task.steps=N` "
           "erodes refusals on this model; then `python steer.py -m experiment=refusal base_adapter=<adapter> "
           "seed=0,1,2 method=weight,task_vector_pos k=1,2`", c5_checks,
-          {}, (REFUSAL, GSM8K)),
+          {"behavior": REFUSAL, "capability": GSM8K, "methods": ["weight", "task_vector_pos"]},
+          (REFUSAL, SAFETY, GSM8K), extra=("refusal_safe", "refusal_steer")),
     Claim("C6", "Monitoring fine-tunes with behavior vectors", "§5, Figs 8, 9, 36",
           "cos(τ of a bad-advice fine-tune, w_evil) exceeds the controls' cosines; evil vectors are closer to each "
           "other than to the control vector; the cosine rises during a bad-advice fine-tune.",

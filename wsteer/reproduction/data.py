@@ -94,11 +94,16 @@ def export(sweep_dir: str | Path, out: str | Path, name: str, metrics: list[str]
 
     rows, _ = collect(sweep_dir, n_boot=2)
     measured = sorted({m for r in rows for s in r["items"].values() for m in s})
-    missing = [m for m in metrics if m not in measured]
+    # "<src>=<name>" keeps a metric under another name, e.g. the CoT run's evil_mcq/evil_rate as
+    # evil_mcq_cot/evil_rate, so that it sits beside the zero-shot run's in one claim (`merge`)
+    names = dict(m.split("=", 1) if "=" in m else (m, m) for m in metrics)
+    missing = [m for m in names if m not in measured]
     if missing:
         raise WsteerError(f"metrics {missing} are in no job's eval_items.jsonl under {sweep_dir}; "
                           f"measured: {', '.join(measured)}")
-    entries = [(r["method"], r["k"], int(seed), r["items"][seed]) for r in rows for seed in sorted(r["items"])]
+    entries = [(r["method"], r["k"], int(seed), {names.get(m, m): v for m, v in r["items"][seed].items()})
+               for r in rows for seed in sorted(r["items"])]
+    metrics = list(names.values())
     root = Path(sweep_dir)
     starts = [p.stat().st_mtime for p in root.glob("**/.hydra/config.yaml")]
     ends = [p.stat().st_mtime for p in root.glob("**/metrics.json")]
@@ -148,6 +153,38 @@ def export_runs(runs: dict[str, str | Path], out: str | Path, name: str, metrics
         entries.append((label, 0.0, seed, by_metric))
         ends.append((run / "eval_items.jsonl").stat().st_mtime)
     return _write(out, name, entries, metrics, commands, notes, code_commit, wall_s, max(ends))
+
+
+def merge(exps: list[Experiment]) -> Experiment:
+    """One experiment from several results files of one claim (e.g. a judge-free sweep and the judged CoT run of the
+    same vectors): rows are joined per (method, k, seed) and metric; a metric present in two files is an error."""
+    if len(exps) == 1:
+        return exps[0]
+    rows: dict[tuple[str, float], Row] = {}
+    for e in exps:
+        for key, r in e.rows.items():
+            row = rows.setdefault(key, Row(r.method, r.k))
+            for seed, by_metric in r.scores.items():
+                per = row.scores.setdefault(seed, {})
+                clash = sorted(set(per) & set(by_metric))
+                if clash:
+                    raise WsteerError(f"{e.name}: {r.method}@{r.k:g} seed {seed} has {clash}, which an earlier results "
+                                      "file of the same claim has too; export each metric from one run only")
+                per.update(by_metric)
+    metas = [e.meta for e in exps]
+    n_items: dict[str, int] = {}
+    for e in exps:
+        for ev, n in e.meta.get("n_items", {}).items():
+            n_items[ev if ev not in n_items else f"{ev} ({e.name})"] = n
+    walls = [m.get("sweep_wall_s") for m in metas]
+    meta = {**metas[0], "name": "+".join(e.name for e in exps),
+            "commands": [c for m in metas for c in m.get("commands", [])],
+            "seeds": sorted({s for m in metas for s in m.get("seeds", [])}), "n_items": n_items,
+            "sweep_wall_s": None if None in walls else sum(walls),
+            "finished": max(str(m.get("finished")) for m in metas),
+            "commit": ", ".join(dict.fromkeys(str(m.get("commit"))[:7] for m in metas)),
+            "notes": "\n\n".join(m["notes"] for m in metas if m.get("notes"))}
+    return Experiment(meta["name"], meta, rows)
 
 
 def load(path: str | Path):
