@@ -315,6 +315,23 @@ EVIL_CMDS = [  # zero-shot, judge-free; each method with its own k grid (every j
     "evil_mcq/valid_rate --metric evil_mcq/evil_given_valid --metric mmlu/accuracy --command ...",
 ]
 EVIL_PLAN = " && ".join(f"`{c}`" for c in EVIL_CMDS[:4])
+# C5 on a refusing base: θ_safe = θ + τ⁺_refusal (seed 100, so its LoRA init is none of the w seeds'), saved merged
+_SAFE = ("model.source=hf model.path=outputs/c5/safe_base model.name=smollm2_135m_safe "
+         "base_adapter=outputs/c5/ft/adapter/task logger=none")
+_EVAL = ("python evaluate.py behavior=refusal 'evaluator=[safety,gsm8k]' evaluator.safety.limit=100 "
+         "evaluator.gsm8k.limit=50 " + _SAFE)
+REFUSAL_CMDS = [
+    "python steer.py experiment=refusal method=task_vector_pos k=1 seed=100 save_model=true logger=none "
+    "hydra.run.dir=outputs/c5/safe && mv outputs/c5/safe/steered_model_k=1 outputs/c5/safe_base",
+    "python train.py experiment=gsm8k_finetune task.steps=50 trainer.eval_every=25 trainer.val_fraction=0.005 seed=0 "
+    + _SAFE.replace(" base_adapter=outputs/c5/ft/adapter/task", "") + " hydra.run.dir=outputs/c5/ft",
+    _EVAL.replace(" base_adapter=outputs/c5/ft/adapter/task", "") + " hydra.run.dir=multirun/repro/refusal_safe/eval_safe_base",
+    _EVAL + " hydra.run.dir=multirun/repro/refusal_safe/eval_safe_ft",
+    *(f"python steer.py -m experiment=refusal {_SAFE} seed={s} method=weight 'k=[0,1,2]' "
+      f"hydra.sweep.dir=multirun/repro/refusal_steer/seed{s} && python steer.py -m experiment=refusal {_SAFE} "
+      f"seed={s} method=task_vector_pos 'k=[0,1]' hydra.sweep.dir=multirun/repro/refusal_steer/seed{s}/tvp"
+      for s in (0, 1, 2)),
+]
 
 CLAIMS = [
     Claim("C1", "Sycophancy through the weights", "§4.1.1, Fig 2",
@@ -346,9 +363,7 @@ CLAIMS = [
     Claim("C5", "Refusal after a GSM8K fine-tune", "§4.3, Fig 6",
           "After a GSM8K fine-tune erodes refusals, weight steering with refusal data restores the safety rate with "
           "little GSM8K loss; the refusal task vector alone does not.",
-          "refusal", "premise first: measure whether `python train.py experiment=gsm8k_finetune task.steps=N` "
-          "erodes refusals on this model; then `python steer.py -m experiment=refusal base_adapter=<adapter> "
-          "seed=0,1,2 method=weight,task_vector_pos k=1,2`", c5_checks,
+          "refusal", " && ".join(f"`{c}`" for c in REFUSAL_CMDS), c5_checks,
           {"behavior": REFUSAL, "capability": GSM8K, "methods": ["weight", "task_vector_pos"]},
           (REFUSAL, SAFETY, GSM8K), extra=("refusal_safe", "refusal_steer")),
     Claim("C6", "Monitoring fine-tunes with behavior vectors", "§5, Figs 8, 9, 36",
