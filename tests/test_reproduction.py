@@ -258,6 +258,14 @@ def test_a_claims_results_files_merge_per_row_and_seed_and_a_renamed_metric_sits
     assert both.estimate("weight", -2, "factual_qa_cot/non_sycophancy") == cot.estimate("weight", -2, "factual_qa_cot/non_sycophancy")
     with pytest.raises(WsteerError, match=r"has \['factual_qa/accuracy', 'factual_qa/non_sycophancy'\].*from one run"):
         merge([zero_shot, zero_shot])
+    # metadata a file lacks (an export-runs file has no wall time) neither leaks "None" nor hides the others'
+    cot.meta.update(sweep_wall_s=None, finished=None, commit=None)
+    meta = merge([zero_shot, cot]).meta
+    assert meta["sweep_wall_s"] == zero_shot.meta["sweep_wall_s"] and meta["finished"] == zero_shot.meta["finished"]
+    assert meta["commit"] == str(zero_shot.meta["commit"])[:7]
+    for bad in ([NS, f"{NS}=x/y"], [NS, f"{ACC}={NS}"], [f"{NS}=nonsense"]):
+        with pytest.raises(WsteerError, match="give each metric once"):
+            export(tmp_path / "a", tmp_path / "bad.json", "bad", bad, ["cmd"])
 
 
 def test_c5_on_a_refusing_base_checks_the_premise_then_weights_against_the_task_vector_at_kept_gsm8k():

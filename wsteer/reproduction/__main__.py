@@ -1,8 +1,10 @@
-"""python -m wsteer.reproduction {export,build}: see wsteer/reproduction/__init__.py."""
+"""python -m wsteer.reproduction {export,export-runs,export-monitoring,judge-recorded,judge-check,build}: see
+wsteer/reproduction/__init__.py."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -85,11 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             counts = judge_recorded(args.sweep_dir, compose_judge(args.override))
             print(f"wsteer: judged {counts['judged']} recorded answers in {counts['jobs']} jobs "
                   f"({counts['unusable']} without a usable score)")
+            if counts["unmatched"]:
+                print(f"wsteer: warning: {counts['unmatched']} recorded answers match no item of their evaluator's "
+                      "current data and were not judged (the data file changed since the run)", file=sys.stderr)
         elif args.cmd == "judge-check":
             from wsteer.reproduction.judge_check import run
             from wsteer.reproduction.rejudge import compose_judge
 
-            command = args.command or "python -m wsteer.reproduction " + " ".join(sys.argv[1:] if argv is None else argv)
+            command = args.command or "python -m wsteer.reproduction " + shlex.join(sys.argv[1:] if argv is None else argv)
             out = run(compose_judge(args.override), args.cases, args.out, command)
             print(f"wsteer: wrote {out}")
         else:

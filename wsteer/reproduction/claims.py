@@ -226,6 +226,9 @@ def _cot_check(exp: Experiment, kw: float | None) -> Estimate | None:
 
 # ---- refusal (paper §4.3, Fig 6) -------------------------------------------------------------------------------
 
+# The paper's safety rate needs a judge; the checks use the judge-free refusal rate (rules detector), because the
+# offline judge gives no usable score ("The offline judge" in docs/reproduction.md); a judged safety rate is shown
+# beside it in the table when one was exported.
 REFUSAL, GSM8K, SAFETY = "safety/refusal_rate", "gsm8k/accuracy", "safety/safety_rate"
 FT = "gsm8k_ft"  # the unsteered GSM8K task fine-tune of θ; "base" is θ (it refuses 1 in 100: nothing to erode)
 # The premise made to hold: θ_safe = θ + a refusal fine-tune (the stand-in for Llama-2-chat's safety training) and
@@ -245,7 +248,7 @@ def c5_checks(exp: Experiment) -> list[Check]:
                          exp.difference((FT, 0.0), ("base", 0.0), REFUSAL)))
     kw = best_k_keeping(exp, "weight", [k for k in exp.ks("weight") if k > 0], REFUSAL, GSM8K)
     if kw is None:
-        out.append(Check("θ_ft + k·w_refusal restores refusals, not run until the premise holds", "> 0", None))
+        out.append(Check("θ_ft + k·w_refusal restores refusals: no steered rows committed", "> 0", None))
         return out
     w, w0 = ("weight", kw), ("weight", 0.0)
     out += [Check(f"weight steering restores refusals: refusal rate, weight@{kw:g} − weight@0 (θ_ft)", "> 0",

@@ -96,12 +96,19 @@ def export(sweep_dir: str | Path, out: str | Path, name: str, metrics: list[str]
     measured = sorted({m for r in rows for s in r["items"].values() for m in s})
     # "<src>=<name>" keeps a metric under another name, e.g. the CoT run's evil_mcq/evil_rate as
     # evil_mcq_cot/evil_rate, so that it sits beside the zero-shot run's in one claim (`merge`)
-    names = dict(m.split("=", 1) if "=" in m else (m, m) for m in metrics)
+    pairs = [tuple(m.split("=", 1)) if "=" in m else (m, m) for m in metrics]
+    names = dict(pairs)
+    dsts = [d for _, d in pairs]
+    bad = [d for d in dsts if d.count("/") != 1 or not all(d.split("/"))]
+    if len(names) != len(pairs) or len(set(dsts)) != len(dsts) or bad:
+        raise WsteerError(f"--metric {metrics}: give each metric once, as <evaluator>/<metric> or "
+                          "<evaluator>/<metric>=<name>/<metric>, with every kept name different")
     missing = [m for m in names if m not in measured]
     if missing:
         raise WsteerError(f"metrics {missing} are in no job's eval_items.jsonl under {sweep_dir}; "
                           f"measured: {', '.join(measured)}")
-    entries = [(r["method"], r["k"], int(seed), {names.get(m, m): v for m, v in r["items"][seed].items()})
+    entries = [(r["method"], r["k"], int(seed), {dst: r["items"][seed][src] for src, dst in names.items()
+                                                  if src in r["items"][seed]})
                for r in rows for seed in sorted(r["items"])]
     metrics = list(names.values())
     root = Path(sweep_dir)
@@ -175,14 +182,16 @@ def merge(exps: list[Experiment]) -> Experiment:
     n_items: dict[str, int] = {}
     for e in exps:
         for ev, n in e.meta.get("n_items", {}).items():
-            n_items[ev if ev not in n_items else f"{ev} ({e.name})"] = n
-    walls = [m.get("sweep_wall_s") for m in metas]
+            n_items[ev if n_items.get(ev, n) == n else f"{ev} ({e.name})"] = n
+    walls = [m["sweep_wall_s"] for m in metas if m.get("sweep_wall_s") is not None]
+    finished = [str(m["finished"]) for m in metas if m.get("finished")]
     meta = {**metas[0], "name": "+".join(e.name for e in exps),
             "commands": [c for m in metas for c in m.get("commands", [])],
             "seeds": sorted({s for m in metas for s in m.get("seeds", [])}), "n_items": n_items,
-            "sweep_wall_s": None if None in walls else sum(walls),
-            "finished": max(str(m.get("finished")) for m in metas),
-            "commit": ", ".join(dict.fromkeys(str(m.get("commit"))[:7] for m in metas)),
+            "sweep_wall_s": sum(walls) if walls else None,  # what was measured; a file without a time adds none
+            "finished": max(finished) if finished else None,
+            "machine": ", ".join(dict.fromkeys(str(m.get("machine")) for m in metas if m.get("machine"))),
+            "commit": ", ".join(dict.fromkeys(str(m["commit"])[:7] for m in metas if m.get("commit"))),
             "notes": "\n\n".join(m["notes"] for m in metas if m.get("notes"))}
     return Experiment(meta["name"], meta, rows)
 

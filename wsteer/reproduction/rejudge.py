@@ -4,8 +4,9 @@ Why after, not during: one `judge=` config both filters D± and scores evaluator
 would also re-filter the behavior's data with that judge and train other vectors than the judge-free sweeps whose
 results the claims already use. Generation is the expensive part; the answers are in every job's eval_items.jsonl.
 So the reproduction generates with `judge=none` and scores here, with any judge, as often as needed (verdicts are
-cached by the judge). The judged scores go into the same records (and metrics) the evaluator would have written;
-the judge-free file is kept beside them as `eval_items.unjudged.jsonl`.
+cached by the judge). The judged scores go into the same per-item records the evaluator would have written, which
+is what `python -m wsteer.reproduction export` reads (a job's metrics.json and report.md keep their judge-free
+values); the judge-free file is kept beside them as `eval_items.unjudged.jsonl`.
 """
 
 from __future__ import annotations
@@ -43,41 +44,41 @@ def compose_judge(overrides: list[str]):
     return judge
 
 
-def _evaluator(cfg, name: str):
-    from wsteer.config import instantiate
+def _items_to_judge(cfg, records: list[dict]) -> tuple[list[tuple[dict, JudgeItem]], int]:
+    """(record, what the evaluator would have sent the judge) for every judgeable record of this job, and how many
+    records of a judgeable evaluator matched none of its items (a changed data file: not judged, but counted)."""
+    from wsteer.evaluation.evil_mcq import EvilMCQ
+    from wsteer.evaluation.runner import build_evaluators
+    from wsteer.evaluation.safety import Safety
 
-    ecfg = (cfg.get("evaluator") or {}).get(name)
-    return instantiate(ecfg) if ecfg is not None else None
-
-
-def _items_to_judge(cfg, records: list[dict]) -> list[tuple[dict, JudgeItem]]:
-    """(record, what the evaluator would have sent the judge) for every judgeable record of this job."""
-    out = []
-    mcq, safety = _evaluator(cfg, "evil_mcq"), _evaluator(cfg, "safety")
-    by_id = {}
-    if mcq is not None and mcq.format == "cot":
-        by_id["evil_mcq"] = {it["id"]: it for it in mcq.items()}
-    if safety is not None:
-        by_id["safety"] = {it["id"]: it for it in safety.items()}
+    # the job's own evaluators, built as the run built them (named evaluation sets keep their YAML key as name)
+    evs = {ev.name: ev for ev in build_evaluators(cfg)
+           if isinstance(ev, Safety) or (isinstance(ev, EvilMCQ) and ev.format == "cot")}
+    items = {name: {it["id"]: it for it in ev.items()} for name, ev in evs.items()}
+    out, unmatched = [], 0
     for r in records:
-        items = by_id.get(r["evaluator"])
-        if items is None or r["id"] not in items:
+        ev = evs.get(r["evaluator"])
+        if ev is None:
+            continue
+        item = items[ev.name].get(r["id"])
+        if item is None:
+            unmatched += 1
             continue
         answer = (r.get("outputs") or {}).get("answer")
-        if r["evaluator"] == "evil_mcq" and r.get("choice") is not None:
+        if isinstance(ev, EvilMCQ) and r.get("choice") is not None:  # an unparsed reply is never judged
             out.append((r, JudgeItem("cot_consistency", CONSISTENCY_RUBRIC.format(choice=r["choice"]),
-                                     mcq.prompt(items[r["id"]]), answer)))
-        elif r["evaluator"] == "safety":
-            out.append((r, JudgeItem("harmful_compliance", SAFETY_RUBRIC, items[r["id"]]["request"], answer)))
-    return out
+                                     ev.prompt(item), answer)))
+        elif isinstance(ev, Safety):
+            out.append((r, JudgeItem("harmful_compliance", SAFETY_RUBRIC, item["request"], answer)))
+    return out, unmatched
 
 
-def _apply(record: dict, score: float | None, judge_desc: dict) -> None:
+def apply_verdict(record: dict, rubric: str, score: float | None, judge_desc: dict) -> None:
     """Fill in the judged fields exactly as the evaluator does with a judge (wsteer/evaluation/*.py)."""
     s = record.setdefault("scores", {})
     record["judge"] = judge_desc
     record["unusable_verdicts"] = int(score is None)
-    if record["evaluator"] == "evil_mcq":
+    if rubric == "cot_consistency":
         record["consistency_score"] = score
         s["cot_consistency"] = None if score is None else float(score > 50)
     else:
@@ -93,21 +94,25 @@ def judge_recorded(sweep_dir: str | Path, judge) -> dict[str, int]:
     jobs = sorted(p.parent for p in root.glob("**/eval_items.jsonl"))
     if not jobs:
         raise WsteerError(f"{root} holds no eval_items.jsonl: point at a finished steer.py/evaluate.py run or sweep")
-    counts = {"jobs": 0, "judged": 0, "unusable": 0}
+    counts = {"jobs": 0, "judged": 0, "unusable": 0, "unmatched": 0}
     for job in tqdm(jobs, desc="judging recorded answers", unit="job"):
         cfg_file = job / ".hydra" / "config.yaml"
         if not cfg_file.is_file():
             continue
-        src = job / UNJUDGED if (job / UNJUDGED).is_file() else job / "eval_items.jsonl"
-        records = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
-        todo = _items_to_judge(OmegaConf.load(cfg_file), records)
+        current = (job / "eval_items.jsonl").read_text(encoding="utf-8")
+        records = [json.loads(line) for line in current.splitlines() if line.strip()]
+        if any("judge" in r for r in records):  # judged here before: start again from the judge-free answers
+            records = [json.loads(line) for line in (job / UNJUDGED).read_text(encoding="utf-8").splitlines()
+                       if line.strip()]
+        else:  # judge-free (a first pass, or the job ran again since): this file is the one to keep
+            write_text(job / UNJUDGED, current)
+        todo, unmatched = _items_to_judge(OmegaConf.load(cfg_file), records)
+        counts["unmatched"] += unmatched
         if not todo:
             continue
         verdicts = judge.judge([ji for _, ji in todo])
-        for (rec, _), v in zip(todo, verdicts, strict=True):
-            _apply(rec, v.trait, judge.describe())
-        if src.name != UNJUDGED:
-            write_text(job / UNJUDGED, src.read_text(encoding="utf-8"))
+        for (rec, item), v in zip(todo, verdicts, strict=True):
+            apply_verdict(rec, item.behavior, v.trait, judge.describe())
         write_text(job / "eval_items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         counts["jobs"] += 1
         counts["judged"] += len(todo)
