@@ -334,6 +334,15 @@ REFUSAL_CMDS = [
       f"hydra.sweep.dir=multirun/repro/refusal_steer/seed{s} && python steer.py -m experiment=refusal {_SAFE} "
       f"seed={s} method=task_vector_pos 'k=[0,1]' hydra.sweep.dir=multirun/repro/refusal_steer/seed{s}/tvp"
       for s in (0, 1, 2)),
+    f"python steer.py -m experiment=refusal {_SAFE} seed=0,1,2 method=task_vector_pos 'k=[0,2]' "
+    "hydra.sweep.dir=multirun/repro/refusal_steer/tvp2",
+    "python -m wsteer.reproduction judge-recorded multirun/repro/refusal_safe --override judge=openai "
+    "--override judge.model=local  # with the llama.cpp judge on loopback (WSTEER_JUDGE_BASE_URL)",
+    "python -m wsteer.reproduction export-runs --name refusal_safe --run safe_base=multirun/repro/refusal_safe/"
+    "eval_safe_base --run safe_gsm8k_ft=multirun/repro/refusal_safe/eval_safe_ft --metric safety/refusal_rate "
+    "--metric safety/safety_rate --metric gsm8k/accuracy --command ...",
+    "python -m wsteer.reproduction export multirun/repro/refusal_steer --name refusal_steer --metric "
+    "safety/refusal_rate --metric gsm8k/accuracy --command ...",
 ]
 
 CLAIMS = [
@@ -366,7 +375,7 @@ CLAIMS = [
     Claim("C5", "Refusal after a GSM8K fine-tune", "§4.3, Fig 6",
           "After a GSM8K fine-tune erodes refusals, weight steering with refusal data restores the safety rate with "
           "little GSM8K loss; the refusal task vector alone does not.",
-          "refusal", " && ".join(f"`{c}`" for c in REFUSAL_CMDS), c5_checks,
+          "refusal", " && ".join(f"`{c}`" for c in REFUSAL_CMDS[:7]), c5_checks,
           {"behavior": REFUSAL, "capability": GSM8K, "methods": ["weight", "task_vector_pos"]},
           (REFUSAL, SAFETY, GSM8K), extra=("refusal_safe", "refusal_steer")),
     Claim("C6", "Monitoring fine-tunes with behavior vectors", "§5, Figs 8, 9, 36",
