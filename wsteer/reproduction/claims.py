@@ -318,6 +318,16 @@ EVIL_CMDS = [  # zero-shot, judge-free; each method with its own k grid (every j
     "evil_mcq/valid_rate --metric evil_mcq/evil_given_valid --metric mmlu/accuracy --command ...",
 ]
 EVIL_PLAN = " && ".join(f"`{c}`" for c in EVIL_CMDS[:4])
+COT_VALID, COT_EVIL = "evil_mcq_cot/valid_rate", "evil_mcq_cot/evil_rate"  # the CoT run's, renamed at export
+EVIL_COT_CMDS = [  # generated judge-free (the vectors stay the zero-shot sweep's), judged after, on 40 items per seed
+    "python steer.py -m experiment=evil seed=0,1,2 'evaluator=[evil_mcq]' evaluator.evil_mcq.format=cot "
+    "evaluator.evil_mcq.limit=40 evaluator.evil_mcq.max_new_tokens=160 tradeoff.capability=evil_mcq/valid_rate "
+    "logger=none method=weight 'k=[0,1]' hydra.sweep.dir=multirun/repro/evil_cot",
+    "python -m wsteer.reproduction judge-recorded multirun/repro/evil_cot --override judge=openai "
+    "--override judge.model=local  # with the llama.cpp judge on loopback (WSTEER_JUDGE_BASE_URL)",
+    f"python -m wsteer.reproduction export multirun/repro/evil_cot --name evil_cot --metric {COT} "
+    f"--metric evil_mcq/valid_rate={COT_VALID} --metric evil_mcq/evil_rate={COT_EVIL} --command ...",
+]
 # C5 on a refusing base: θ_safe = θ + τ⁺_refusal (seed 100, so its LoRA init is none of the w seeds'), saved merged
 _SAFE = ("model.source=hf model.path=outputs/c5/safe_base model.name=smollm2_135m_safe "
          "base_adapter=outputs/c5/ft/adapter/task logger=none")
@@ -371,7 +381,8 @@ CLAIMS = [
           "nothing.",
           "evil", EVIL_PLAN, c4_checks,
           {"behavior": EVIL, "capability": MMLU, "methods": ["weight", "activation", "bias", "task_vector_neg"]},
-          (EVIL, "evil_mcq/valid_rate", "evil_mcq/evil_given_valid", MMLU, COT), extra=("evil_cot",)),
+          (EVIL, "evil_mcq/valid_rate", "evil_mcq/evil_given_valid", MMLU, COT_VALID, COT_EVIL, COT),
+          extra=("evil_cot",)),
     Claim("C5", "Refusal after a GSM8K fine-tune", "§4.3, Fig 6",
           "After a GSM8K fine-tune erodes refusals, weight steering with refusal data restores the safety rate with "
           "little GSM8K loss; the refusal task vector alone does not.",
