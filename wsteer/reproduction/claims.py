@@ -329,17 +329,17 @@ EVIL_COT_CMDS = [  # generated judge-free (the vectors stay the zero-shot sweep'
     f"--metric evil_mcq/valid_rate={COT_VALID} --metric evil_mcq/evil_rate={COT_EVIL} --command ...",
 ]
 # C5 on a refusing base: θ_safe = θ + τ⁺_refusal (seed 100, so its LoRA init is none of the w seeds'), saved merged
-_SAFE = ("model.source=hf model.path=outputs/c5/safe_base model.name=smollm2_135m_safe "
-         "base_adapter=outputs/c5/ft/adapter/task logger=none")
+_SAFE_BASE = "model.source=hf model.path=outputs/c5/safe_base model.name=smollm2_135m_safe logger=none"
+_SAFE = _SAFE_BASE + " base_adapter=outputs/c5/ft/adapter/task"  # θ_safe_ft
 _EVAL = ("python evaluate.py behavior=refusal 'evaluator=[safety,gsm8k]' evaluator.safety.limit=100 "
-         "evaluator.gsm8k.limit=50 " + _SAFE)
+         "evaluator.gsm8k.limit=50 ")
 REFUSAL_CMDS = [
     "python steer.py experiment=refusal method=task_vector_pos k=1 seed=100 save_model=true logger=none "
     "hydra.run.dir=outputs/c5/safe && mv outputs/c5/safe/steered_model_k=1 outputs/c5/safe_base",
     "python train.py experiment=gsm8k_finetune task.steps=50 trainer.eval_every=25 trainer.val_fraction=0.005 seed=0 "
-    + _SAFE.replace(" base_adapter=outputs/c5/ft/adapter/task", "") + " hydra.run.dir=outputs/c5/ft",
-    _EVAL.replace(" base_adapter=outputs/c5/ft/adapter/task", "") + " hydra.run.dir=multirun/repro/refusal_safe/eval_safe_base",
-    _EVAL + " hydra.run.dir=multirun/repro/refusal_safe/eval_safe_ft",
+    f"{_SAFE_BASE} hydra.run.dir=outputs/c5/ft",
+    f"{_EVAL}{_SAFE_BASE} hydra.run.dir=multirun/repro/refusal_safe/eval_safe_base",
+    f"{_EVAL}{_SAFE} hydra.run.dir=multirun/repro/refusal_safe/eval_safe_ft",
     *(f"python steer.py -m experiment=refusal {_SAFE} seed={s} method=weight 'k=[0,1,2]' "
       f"hydra.sweep.dir=multirun/repro/refusal_steer/seed{s} && python steer.py -m experiment=refusal {_SAFE} "
       f"seed={s} method=task_vector_pos 'k=[0,1]' hydra.sweep.dir=multirun/repro/refusal_steer/seed{s}/tvp"
