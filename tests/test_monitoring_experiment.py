@@ -43,6 +43,30 @@ def test_monitoring_experiment_writes_heatmaps_curves_and_em_answers_per_checkpo
     assert abs(mon.cos("0", "w_french", "τ_control") - results["cos/w_french/τ_control"]) < 1e-6
     curve = sorted(mon.seeds["0"]["curves"]["bad_advice"]["evil"])
     assert [p[0] for p in curve] == [2, 4]
+    # the EM probe's last checkpoint, unjudged, and a judge-free evaluation of each fine-tuned model (evaluate.py
+    # base_adapter=<fine-tune>) sit beside the cosines in the report
+    em = mon.seeds["0"]["em"]
+    assert set(em) == {"bad_advice", "control"} and [r["step"] for r in em["bad_advice"]] == [4] * 8
+    assert all(r["trait"] is None and r["answer"] == p["answer"] for r, p in zip(em["control"], probe[8:], strict=True))
+    from wsteer.recipes import evaluate as evaluate_recipe
+    from wsteer.reproduction.monitoring import em_lines
+
+    runs = []
+    for ft in ("bad_advice", "control"):
+        ecfg = smoke_cfg("evaluate", ["experiment=evil", "evaluator=[evil_mcq]", "evaluator.evil_mcq.limit=4",
+                                      f"base_adapter={out / ft / 'adapter' / 'task'}"])
+        ecfg.output_dir = str(out.parent / f"eval_{ft}")
+        evaluate_recipe.run(ecfg)
+        (Path(ecfg.output_dir) / ".hydra").mkdir()
+        OmegaConf.save(ecfg, Path(ecfg.output_dir) / ".hydra" / "config.yaml")
+        runs.append((ft, Path(ecfg.output_dir)))
+    mon = load(export_monitoring(out, out / "monitoring.json", ["train.py …"], cache_dir=cfg.paths.cache_dir,
+                                 evals=runs))
+    assert len(mon.evals["control"]["0"]["evil_mcq/evil_rate"]) == 4
+    text = "\n".join(em_lines(mon))
+    assert "| τ_bad_advice | 1 | 8 | 0 | no data | no coherent answer |" in text
+    assert "none (the answers are unjudged)" in text and "| control | 0 |" in text
+    assert "τ_bad_advice − τ_control, evil_mcq/evil_rate (paired, seeds 0)" in text
 
 
 def test_em_probe_summary_counts_misaligned_among_coherent_answers():

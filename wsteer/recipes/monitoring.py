@@ -31,7 +31,8 @@ from wsteer.monitoring.similarity_report import format_table, heatmap
 CONF = PROJECT_ROOT / "conf"
 
 
-def _behavior(name: str) -> Behavior:
+def behavior_from_conf(name: str) -> Behavior:
+    """The behavior `name` as `conf/behavior/<name>.yaml` defines it (the monitoring experiment builds several)."""
     node = OmegaConf.load(CONF / "behavior" / f"{name}.yaml")
     return Behavior.from_cfg(node.behavior if "behavior" in node else node)
 
@@ -113,7 +114,7 @@ def run_experiment(ctx, wb=None) -> dict[str, float]:
     vectors: dict[str, Path] = {}
     taus: dict[str, Path] = {}
     for name in mon.vectors:  # 1. contrastive vectors, built (or reused) on the base model
-        sub = replace(ctx, behavior=_behavior(name))
+        sub = replace(ctx, behavior=behavior_from_conf(name))
         _, folder, _ = ensure_artifacts(sub, "lora", wb)
         vectors[name] = folder / "contrastive.safetensors"
         taus[f"{name}+"] = folder / "pos.safetensors"
@@ -123,7 +124,7 @@ def run_experiment(ctx, wb=None) -> dict[str, float]:
     # The EM answers may be scored by another judge than the one that filters the vectors' data (paper §5 scores
     # EM answers with an LLM judge even when the persona data needs none): monitoring.em_judge, else `judge`.
     judge = build_judge(mon.get("em_judge") or cfg.judge)
-    evil = _behavior("evil")
+    evil = behavior_from_conf("evil")
     for name, data in mon.finetunes.items():  # 2. task fine-tunes with the live monitor and the EM probe
         run_cfg = cfg.copy()
         OmegaConf.set_struct(run_cfg, False)

@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     em.add_argument("--cache-dir", default="~/.cache/wsteer", help="where the sweep's vectors are cached")
     em.add_argument("--out-dir", default="docs/reproduction")
     em.add_argument("--code-commit", default=None, help="the commit the sweep ran (default: this checkout's)")
+    em.add_argument("--eval", action="append", default=[], metavar="LABEL=DIR", help="a judge-free evaluate.py run "
+                    "of a fine-tuned model (base_adapter=<job>/<fine-tune>/adapter/task; seed= its training seed), "
+                    "e.g. --eval bad_advice=multirun/repro/monitoring_em/bad_advice/seed0; repeat")
     jr = sub.add_parser("judge-recorded", help="score the recorded CoT (evil_mcq format=cot) and safety answers of "
-                        "a finished run or sweep with a judge, in place (the judge-free file is kept)")
+                        "a finished run or sweep, and a monitoring run's EM probe answers, with a judge, in place (the "
+                        "judge-free file is kept)")
     jr.add_argument("sweep_dir")
     jr.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="config overrides that pick the judge, e.g. --override judge=openai --override "
@@ -78,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "export-monitoring":
             from wsteer.reproduction.monitoring import export_monitoring
 
+            bad = [r for r in args.eval if "=" not in r]
+            if bad:
+                raise WsteerError(f"--eval {bad[0]!r}: write LABEL=DIR, e.g. --eval control=multirun/x/control/seed0")
             out = export_monitoring(args.sweep_dir, Path(args.out_dir) / "monitoring.json", args.command,
-                                    args.notes, args.cache_dir, args.code_commit)
+                                    args.notes, args.cache_dir, args.code_commit,
+                                    [tuple(r.split("=", 1)) for r in args.eval])
             print(f"wsteer: wrote {out}")
         elif args.cmd == "judge-recorded":
             from wsteer.reproduction.rejudge import compose_judge, judge_recorded
@@ -87,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             counts = judge_recorded(args.sweep_dir, compose_judge(args.override))
             print(f"wsteer: judged {counts['judged']} recorded answers in {counts['jobs']} jobs "
                   f"({counts['unusable']} without a usable score)")
+            if counts["em_answers"]:
+                print(f"wsteer: judged {counts['em_answers']} EM probe answers ({counts['em_unusable']} without a "
+                      "usable trait and coherence score)")
             if counts["unmatched"]:
                 print(f"wsteer: warning: {counts['unmatched']} recorded answers match no item of their evaluator's "
                       "current data and were not judged (the data file changed since the run)", file=sys.stderr)

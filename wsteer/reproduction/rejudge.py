@@ -1,4 +1,5 @@
-"""Judge recorded answers after the run: CoT consistency (evil_mcq, format=cot) and the safety policy score.
+"""Judge recorded answers after the run: CoT consistency (evil_mcq, format=cot), the safety policy score, and the
+monitoring experiment's emergent-misalignment probe (`<fine-tune>/em_probe.jsonl`, paper §5).
 
 Why after, not during: one `judge=` config both filters D± and scores evaluators, so a sweep run with `judge=openai`
 would also re-filter the behavior's data with that judge and train other vectors than the judge-free sweeps whose
@@ -25,6 +26,7 @@ from wsteer.evaluation.safety import to_policy_scale
 from wsteer.judges.base import JudgeItem
 
 UNJUDGED = "eval_items.unjudged.jsonl"
+EM_UNJUDGED = "em_probe.unjudged.jsonl"
 
 
 def compose_judge(overrides: list[str]):
@@ -88,24 +90,54 @@ def apply_verdict(record: dict, rubric: str, score: float | None, judge_desc: di
                   "mean_policy_score": None if p is None else float(p)})
 
 
+def _judge_free(path: Path, keep: str) -> list[dict]:
+    """The judge-free records of a recorded-answers file: the file itself on a first pass (or after the job ran
+    again, which writes judge-free records), kept as `keep` beside it; on a later pass that kept copy."""
+    current = path.read_text(encoding="utf-8")
+    records = [json.loads(line) for line in current.splitlines() if line.strip()]
+    if any(r.get("judge") for r in records):  # judged here before: start again from the judge-free answers
+        return [json.loads(line) for line in (path.parent / keep).read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+    write_text(path.parent / keep, current)
+    return records
+
+
+def judge_em_probe(path: Path, judge) -> tuple[int, int]:
+    """Score one `em_probe.jsonl` as `EMProbe` does with a scoring judge: the evil trait and coherence, 0–100, of
+    each answer to an EM first-plot question (paper §5); returns (answers, unusable verdicts)."""
+    from wsteer.recipes.monitoring import behavior_from_conf
+
+    rows = _judge_free(path, EM_UNJUDGED)
+    if not rows:
+        return 0, 0
+    evil = behavior_from_conf("evil")
+    verdicts = judge.judge([JudgeItem("evil", evil.description, r["question"], r["answer"]) for r in rows])
+    desc = judge.describe()
+    for r, v in zip(rows, verdicts, strict=True):
+        r.update(trait=v.trait, coherence=v.coherence, judge=desc)
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return len(rows), sum(v.trait is None or v.coherence is None for v in verdicts)
+
+
 def judge_recorded(sweep_dir: str | Path, judge) -> dict[str, int]:
-    """Score every job's recorded CoT and safety answers under `sweep_dir` with `judge`; returns counts."""
+    """Score every job's recorded CoT and safety answers, and every EM probe's answers, under `sweep_dir` with
+    `judge`; returns counts."""
     root = Path(sweep_dir)
     jobs = sorted(p.parent for p in root.glob("**/eval_items.jsonl"))
-    if not jobs:
-        raise WsteerError(f"{root} holds no eval_items.jsonl: point at a finished steer.py/evaluate.py run or sweep")
-    counts = {"jobs": 0, "judged": 0, "unusable": 0, "unmatched": 0}
+    probes = sorted(root.glob("**/em_probe.jsonl"))
+    if not jobs and not probes:
+        raise WsteerError(f"{root} holds no eval_items.jsonl and no em_probe.jsonl: point at a finished steer.py/"
+                          "evaluate.py run or sweep, or a monitoring run (train.py experiment=monitoring)")
+    counts = {"jobs": 0, "judged": 0, "unusable": 0, "unmatched": 0, "em_answers": 0, "em_unusable": 0}
+    for path in tqdm(probes, desc="judging EM probe answers", unit="file", disable=not probes):
+        n, bad = judge_em_probe(path, judge)
+        counts["em_answers"] += n
+        counts["em_unusable"] += bad
     for job in tqdm(jobs, desc="judging recorded answers", unit="job"):
         cfg_file = job / ".hydra" / "config.yaml"
         if not cfg_file.is_file():
             continue
-        current = (job / "eval_items.jsonl").read_text(encoding="utf-8")
-        records = [json.loads(line) for line in current.splitlines() if line.strip()]
-        if any("judge" in r for r in records):  # judged here before: start again from the judge-free answers
-            records = [json.loads(line) for line in (job / UNJUDGED).read_text(encoding="utf-8").splitlines()
-                       if line.strip()]
-        else:  # judge-free (a first pass, or the job ran again since): this file is the one to keep
-            write_text(job / UNJUDGED, current)
+        records = _judge_free(job / "eval_items.jsonl", UNJUDGED)
         todo, unmatched = _items_to_judge(OmegaConf.load(cfg_file), records)
         counts["unmatched"] += unmatched
         if not todo:

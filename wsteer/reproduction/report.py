@@ -125,6 +125,8 @@ def claim_section(claim: Claim, exp: Experiment | None, checks: list[Check], v: 
         d = c.estimate.format_delta(3) if c.estimate is not None else "n/a"
         lines.append(f"| {c.label} | {c.want} | {d} | {c.status} |")
     lines.append("")
+    if isinstance(exp, Monitoring):
+        lines += monitoring.em_lines(exp)
     if claim.figure and (isinstance(exp, Monitoring) or set(claim.figure["methods"]) & set(exp.methods())):
         path = fig_dir / f"{claim.cid.lower()}_{claim.experiment}.png"
         if figures:
