@@ -66,7 +66,7 @@ def test_monitoring_experiment_writes_heatmaps_curves_and_em_answers_per_checkpo
     text = "\n".join(em_lines(mon))
     assert "| τ_bad_advice | 1 | 8 | 0 | no data | no coherent answer |" in text
     assert "none (the answers are unjudged)" in text and "| control | 0 |" in text
-    assert "τ_bad_advice − τ_control, evil_mcq/evil_rate (paired, seeds 0)" in text
+    assert "τ_bad_advice − τ_control, evil_mcq/evil_rate (paired items, seeds 0)" in text
 
 
 def test_em_probe_summary_counts_misaligned_among_coherent_answers():

@@ -306,6 +306,7 @@ def test_c6_reports_the_judged_em_probe_beside_judge_free_rates_with_intervals(t
         "control": answers([(10, 80), (10, 90), (5, 90), (None, None)])}} for s in (0, 1)}
     evals = {lab: {str(s): {"evil_mcq/evil_rate": {f"i{j}": float(j < n) for j in range(10)}} for s in (0, 1)}
              for lab, n in (("bad_advice", 6), ("control", 3))}
+    evals["base"] = {"0": {"evil_mcq/evil_rate": {f"i{j}": float(j < 2) for j in range(10)}}}  # θ: one run
     raw = {"meta": {"format": FORMAT, "name": "monitoring", "seeds": [0, 1]}, "seeds": seeds, "evals": evals}
     (tmp_path / "monitoring.json").write_text(json.dumps(raw))
     text = "\n".join(em_lines(load(tmp_path / "monitoring.json")))
@@ -315,4 +316,6 @@ def test_c6_reports_the_judged_em_probe_beside_judge_free_rates_with_intervals(t
     assert row[6].startswith("1.00 ± 0.00") and row[7].startswith("0.00 ± 0.00")  # rules: coherent, no refusal
     # per seed and question, each side's usable scores: (90 + 70 + 20)/3 − (10 + 10 + 5)/3 = 51.7
     assert "τ_bad_advice − τ_control (same questions and seeds; each side's usable scores): +51.7 [" in text
-    assert "τ_bad_advice − τ_control, evil_mcq/evil_rate (paired, seeds 0, 1): +0.300" in text
+    assert "τ_bad_advice − τ_control, evil_mcq/evil_rate (paired items, seeds 0, 1): +0.300" in text
+    assert "τ_bad_advice − θ, evil_mcq/evil_rate (paired items, seeds 0, 1): +0.400" in text  # θ pairs with each seed
+    assert "τ_control − θ, evil_mcq/evil_rate (paired items, seeds 0, 1): +0.100" in text

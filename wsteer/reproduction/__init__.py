@@ -1,7 +1,8 @@
 """The reproduction report: the paper's claims checked on committed per-item results (docs/reproduction.md).
 
 - `data.py`: export a finished `steer.py` multirun to a small JSON of per-seed, per-k, per-item scores; load it.
-- `claims.py`: each claim of the paper as paired differences with the sign the paper predicts, and the verdict.
+- `claims.py`: each claim of the paper as paired differences with the sign the paper predicts, and the verdict;
+  `commands.py`: the committed commands that ran each experiment.
 - `report.py`: the document, its figures and the README's verdict table, regenerated from the JSON alone.
 - `rejudge.py`: score recorded answers with a judge after the run (`judge-recorded`); `judge_check.py`: what a judge
   can tell, on hand-labelled cases (`judge-check`).

@@ -276,12 +276,19 @@ def em_lines(mon: Monitoring) -> list[str]:
             cells = [_fmt(seed_estimate([[v for _, v in sorted(by_seed[s][m].items())] for s in ids if m in by_seed[s]]))
                      for m in metrics]
             lines.append(f"| {label} | {', '.join(ids)} | " + " | ".join(cells) + " |")
-        if {"bad_advice", "control"} <= set(mon.evals):
-            a, b = mon.evals["bad_advice"], mon.evals["control"]
-            seeds = sorted(set(a) & set(b), key=int)
-            lines.append("")
-            lines += [f"- τ_bad_advice − τ_control, {m} (paired, seeds {', '.join(seeds)}): "
-                      f"{_fmt(paired_seed_difference([a[s][m] for s in seeds], [b[s][m] for s in seeds]), delta=True)}"
-                      for m in metrics if all(m in a[s] and m in b[s] for s in seeds)]
+        lines.append("")
+        for x, y in (("bad_advice", "control"), ("bad_advice", "base"), ("control", "base")):
+            if not {x, y} <= set(mon.evals):
+                continue
+            a, b = mon.evals[x], mon.evals[y]
+            # the base θ is one model whatever the training seed: its one run pairs with every seed's fine-tune
+            seeds = sorted(a if len(b) == 1 else set(a) & set(b), key=int)
+            pick = (lambda s, b=b: next(iter(b.values()))) if len(b) == 1 else (lambda s, b=b: b[s])
+            name = "θ" if y == "base" else f"τ_{y}"
+            for m in metrics:
+                if all(m in a[s] and m in pick(s) for s in seeds):
+                    d = paired_seed_difference([a[s][m] for s in seeds], [pick(s)[m] for s in seeds])
+                    lines.append(f"- τ_{x} − {name}, {m} (paired items, seeds {', '.join(seeds)}): "
+                                 f"{_fmt(d, delta=True)}")
         lines.append("")
     return lines
