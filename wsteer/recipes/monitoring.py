@@ -70,8 +70,9 @@ def _em_section(probes: dict, out: Path) -> str:
         _em_curves(probes, out / "em_curves.png")
         lines += ["", "![EM probe](em_curves.png)"]
     else:
-        lines += ["Unjudged (judge=none): every checkpoint's answers are in `<fine-tune>/em_probe.jsonl`; run with "
-                  "judge=openai to score them."]
+        lines += ["Unjudged (judge=none): every checkpoint's answers are in `<fine-tune>/em_probe.jsonl`; score them "
+                  "after the run with `python -m wsteer.reproduction judge-recorded <this run's folder> --override "
+                  "judge=openai` (or run with judge=openai)."]
     lines += ["", "Answers at the last checkpoint:", ""]
     finals = {n: p.last_answers for n, p in probes.items()}
     questions = next(iter(probes.values())).questions
