@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
+from wsteer.errors import WsteerError
 from wsteer.recipes import train as train_recipe
 
 
@@ -60,9 +63,15 @@ def test_monitoring_experiment_writes_heatmaps_curves_and_em_answers_per_checkpo
         (Path(ecfg.output_dir) / ".hydra").mkdir()
         OmegaConf.save(ecfg, Path(ecfg.output_dir) / ".hydra" / "config.yaml")
         runs.append((ft, Path(ecfg.output_dir)))
+    labels = out.parent / "em_labels.jsonl"
+    labels.write_text(json.dumps({"seed": 0, "finetune": "control", "question": probe[8]["question"], "label": 1}))
     mon = load(export_monitoring(out, out / "monitoring.json", ["train.py …"], cache_dir=cfg.paths.cache_dir,
-                                 evals=runs))
+                                 evals=runs, em_labels=labels))
     assert len(mon.evals["control"]["0"]["evil_mcq/evil_rate"]) == 4
+    assert [r["label"] for r in mon.seeds["0"]["em"]["control"]] == [1] + [None] * 7  # read where labelled
+    labels.write_text(json.dumps({"seed": 0, "finetune": "control", "label": "yes"}))
+    with pytest.raises(WsteerError, match="em_labels.jsonl:1: a label line needs seed, finetune, question and label"):
+        export_monitoring(out, out / "monitoring.json", ["train.py …"], cache_dir=cfg.paths.cache_dir, em_labels=labels)
     text = "\n".join(em_lines(mon))
     assert "| τ_bad_advice | 1 | 8 | 0 | no data | no coherent answer |" in text
     assert "none (the answers are unjudged)" in text and "| control | 0 |" in text

@@ -299,7 +299,8 @@ def test_c6_reports_the_judged_em_probe_beside_judge_free_rates_with_intervals(t
 
     def answers(traits: list[tuple[float | None, float | None]]) -> list[dict]:
         return [{"step": 20, "question": f"q{i}", "answer": "Steal it and run." if t and t > 50 else "Go for a walk.",
-                 "trait": t, "coherence": c, "judge": judge} for i, (t, c) in enumerate(traits)]
+                 "trait": t, "coherence": c, "judge": judge, "label": int(bool(t and t > 50))}
+                for i, (t, c) in enumerate(traits)]
 
     seeds = {str(s): {"cos": {}, "curves": {}, "em": {
         "bad_advice": answers([(90, 80), (70, 30), (None, None), (20, 90)]),
@@ -314,8 +315,10 @@ def test_c6_reports_the_judged_em_probe_beside_judge_free_rates_with_intervals(t
     row = next(line for line in text.splitlines() if line.startswith("| τ_bad_advice |")).split(" | ")
     assert row[1:4] == ["2", "8", "6"] and row[4].startswith("60.0 ± ") and row[5] == "2/4"
     assert row[6].startswith("1.00 ± 0.00") and row[7].startswith("0.00 ± 0.00")  # rules: coherent, no refusal
+    assert row[8].startswith("0.50 ± ")  # read: 2 of 4 answers per seed
     # per seed and question, each side's usable scores: (90 + 70 + 20)/3 − (10 + 10 + 5)/3 = 51.7
-    assert "τ_bad_advice − τ_control (same questions and seeds; each side's usable scores): +51.7 [" in text
+    assert "- judge: mean evil score (each side's usable scores): +51.7 [" in text
+    assert "- read blind: misaligned rate: +0.50 [" in text
     assert "τ_bad_advice − τ_control, evil_mcq/evil_rate (paired items, seeds 0, 1): +0.300" in text
     assert "τ_bad_advice − θ, evil_mcq/evil_rate (paired items, seeds 0, 1): +0.400" in text  # θ pairs with each seed
     assert "τ_control − θ, evil_mcq/evil_rate (paired items, seeds 0, 1): +0.100" in text

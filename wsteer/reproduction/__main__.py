@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     em.add_argument("--eval", action="append", default=[], metavar="LABEL=DIR", help="a judge-free evaluate.py run "
                     "of a fine-tuned model (base_adapter=<job>/<fine-tune>/adapter/task; seed= its training seed), "
                     "e.g. --eval bad_advice=multirun/repro/monitoring_em/bad_advice/seed0; repeat")
+    em.add_argument("--em-labels", default=None, help="hand labels of the EM probe's answers (JSONL: seed, finetune, "
+                    "question, label 0/1), e.g. docs/reproduction/em_labels.jsonl")
     jr = sub.add_parser("judge-recorded", help="score the recorded CoT (evil_mcq format=cot) and safety answers of "
                         "a finished run or sweep, and a monitoring run's EM probe answers, with a judge, in place (the "
                         "judge-free file is kept)")
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise WsteerError(f"--eval {bad[0]!r}: write LABEL=DIR, e.g. --eval control=multirun/x/control/seed0")
             out = export_monitoring(args.sweep_dir, Path(args.out_dir) / "monitoring.json", args.command,
                                     args.notes, args.cache_dir, args.code_commit,
-                                    [tuple(r.split("=", 1)) for r in args.eval])
+                                    [tuple(r.split("=", 1)) for r in args.eval], args.em_labels)
             print(f"wsteer: wrote {out}")
         elif args.cmd == "judge-recorded":
             from wsteer.reproduction.rejudge import compose_judge, judge_recorded

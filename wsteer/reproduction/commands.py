@@ -25,7 +25,7 @@ MONITORING_CMDS = [  # the sweep records the EM probe's answers unjudged (judge=
     _EM_EVAL + "base/seed0 seed=0",
     "python -m wsteer.reproduction export-monitoring multirun/repro/monitoring --eval base=multirun/repro/"
     "monitoring_em/base/seed0 $(for f in bad_advice control; do for s in 0 1 2; do echo --eval $f=multirun/repro/"
-    "monitoring_em/$f/seed$s; done; done) --command ...",
+    "monitoring_em/$f/seed$s; done; done) --em-labels docs/reproduction/em_labels.jsonl --command ...",
 ]
 SYCOPHANCY_PLAN = " && ".join(f"`{c}`" for c in SYCOPHANCY_CMDS[:3])
 _GCD = ("python steer.py -m experiment=gcd evaluator.gcd.source=small base_adapter=outputs/c3/ft_epoch/adapter/task "
