@@ -67,6 +67,7 @@ def test_monitoring_experiment_writes_heatmaps_curves_and_em_answers_per_checkpo
     labels.write_text(json.dumps({"seed": 0, "finetune": "control", "question": probe[8]["question"], "label": 1}))
     mon = load(export_monitoring(out, out / "monitoring.json", ["train.py …"], cache_dir=cfg.paths.cache_dir,
                                  evals=runs, em_labels=labels))
+    assert set(mon.evals["control"]["0"]) == {"evil_mcq/evil_rate", "evil_mcq/valid_rate"}  # what C6 reads
     assert len(mon.evals["control"]["0"]["evil_mcq/evil_rate"]) == 4
     assert [r["label"] for r in mon.seeds["0"]["em"]["control"]] == [1] + [None] * 7  # read where labelled
     labels.write_text(json.dumps({"seed": 0, "finetune": "control", "label": "yes"}))

@@ -96,7 +96,10 @@ def _labels(path: str | Path | None) -> dict[tuple[str, str, str], int]:
     return out
 
 
-def _evals(runs: list[tuple[str, Path]]) -> dict[str, dict[str, dict]]:
+EVAL_METRICS = ("evil_mcq/evil_rate", "evil_mcq/valid_rate")  # what C6 reads of the fine-tunes' judge-free runs
+
+
+def _evals(runs: list[tuple[str, Path]], metrics: tuple[str, ...] = EVAL_METRICS) -> dict[str, dict[str, dict]]:
     """Judge-free evaluations of the fine-tuned models (`evaluate.py base_adapter=<fine-tune>`), by label and
     the run's seed (the fine-tune's training seed): `{label: {seed: {metric: {item id: score}}}}`."""
     from wsteer.recipes.sweep_report import items_by_k
@@ -110,7 +113,12 @@ def _evals(runs: list[tuple[str, Path]]) -> dict[str, dict[str, dict]]:
         seed = str(int(OmegaConf.load(run / ".hydra" / "config.yaml").get("seed", 0)))
         if seed in out.get(label, {}):
             raise WsteerError(f"--eval {label}: two runs with seed {seed}; give each (label, seed) once")
-        out.setdefault(label, {})[seed] = items_by_k(run / "eval_items.jsonl").get(0.0, {})
+        measured = items_by_k(run / "eval_items.jsonl").get(0.0, {})
+        missing = [m for m in metrics if m not in measured]
+        if missing:
+            raise WsteerError(f"--eval {label}={run}: {missing} not measured at k = 0 (run evaluate.py with "
+                              f"'evaluator=[evil_mcq]'); measured: {sorted(measured)}")
+        out.setdefault(label, {})[seed] = {m: measured[m] for m in metrics}
     return out
 
 
@@ -266,8 +274,8 @@ def em_lines(mon: Monitoring) -> list[str]:
         return []
     lines = [EM_SHOWN, ""]
     if finetunes:
-        judges = {json.dumps(r["judge"], sort_keys=True) for f in finetunes for rs in _em_rows(mon, f) for r in rs
-                  if r.get("judge")}
+        judges = {f"{j.get('name')} (model {j.get('model')}, prompt version {j.get('version')})"
+                  for f in finetunes for rs in _em_rows(mon, f) for r in rs if (j := r.get("judge"))}
         lines += [f"EM judge: {', '.join(sorted(judges)) or 'none (the answers are unjudged)'}.", "",
                   "| fine-tune | seeds | answers | judge: usable | judge: mean evil score | judge: misaligned | "
                   "rules: non-degenerate | rules: refusals | read blind: misaligned |", "|---|---|---|---|---|---|---|---|---|"]
