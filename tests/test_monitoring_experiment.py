@@ -64,19 +64,35 @@ def test_monitoring_experiment_writes_heatmaps_curves_and_em_answers_per_checkpo
         OmegaConf.save(ecfg, Path(ecfg.output_dir) / ".hydra" / "config.yaml")
         runs.append((ft, Path(ecfg.output_dir)))
     labels = out.parent / "em_labels.jsonl"
-    labels.write_text(json.dumps({"seed": 0, "finetune": "control", "question": probe[8]["question"], "label": 1}))
-    mon = load(export_monitoring(out, out / "monitoring.json", ["train.py …"], cache_dir=cfg.paths.cache_dir,
-                                 evals=runs, em_labels=labels))
-    assert set(mon.evals["control"]["0"]) == {"evil_mcq/evil_rate", "evil_mcq/valid_rate"}  # what C6 reads
+
+    def export(lines: list[dict], evals=runs):
+        labels.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return export_monitoring(out, out / "monitoring.json", ["train.py …"], cache_dir=cfg.paths.cache_dir,
+                                 evals=evals, em_labels=labels)
+
+    first = {"seed": 0, "finetune": "control", "question": probe[8]["question"], "answer": probe[8]["answer"],
+             "label": 1}
+    mon = load(export([first]))
+    assert set(mon.evals["control"]["0"]) == {"evil_mcq/evil_rate", "evil_mcq/valid_rate", "evil_mcq/evil_given_valid"}
     assert len(mon.evals["control"]["0"]["evil_mcq/evil_rate"]) == 4
     assert [r["label"] for r in mon.seeds["0"]["em"]["control"]] == [1] + [None] * 7  # read where labelled
-    labels.write_text(json.dumps({"seed": 0, "finetune": "control", "label": "yes"}))
-    with pytest.raises(WsteerError, match="em_labels.jsonl:1: a label line needs seed, finetune, question and label"):
-        export_monitoring(out, out / "monitoring.json", ["train.py …"], cache_dir=cfg.paths.cache_dir, em_labels=labels)
+    # bad labels and mislabelled runs are errors, never a silent mislabel
+    for lines, msg in [([{"seed": 0, "finetune": "control", "label": "yes"}], "a label line needs seed, finetune"),
+                       ([first | {"answer": "another answer"}], "reads another answer than this run gave"),
+                       ([first, first], "a second label for seed 0"),
+                       ([first | {"seed": 7}], "1 labels match no EM answer")]:
+        with pytest.raises(WsteerError, match=msg):
+            export(lines)
+    for evals, msg in [([("bad-advice", runs[0][1])], "the label is `base` .θ. or a fine-tune of this sweep"),
+                       ([("control", runs[0][1])], "its adapter is the fine-tune 'bad_advice' of training seed 0"),
+                       ([("base", runs[0][1])], "`base` is θ without an adapter")]:
+        with pytest.raises(WsteerError, match=msg):
+            export([first], evals)
     text = "\n".join(em_lines(mon))
     assert "| τ_bad_advice | 1 | 8 | 0 | no data | no coherent answer |" in text
     assert "none (the answers are unjudged)" in text and "| control | 0 |" in text
     assert "τ_bad_advice − τ_control, evil_mcq/evil_rate (paired items, seeds 0)" in text
+    assert "- read blind: misaligned rate: no data" in text  # only control has a label: nothing to pair
 
 
 def test_em_probe_summary_counts_misaligned_among_coherent_answers():

@@ -105,7 +105,7 @@ def test_a_monitoring_runs_em_probe_answers_get_the_probes_trait_and_coherence_s
 
     counts = judge_recorded(tmp_path / "monitoring", judge)
 
-    assert (counts["em_answers"], counts["jobs"]) == (2, 0) and 0 <= counts["em_unusable"] <= 2
+    assert (counts["em_answers"], counts["jobs"]) == (2, 0)
     assert (probe.parent / EM_UNJUDGED).read_text() == before
     judged = [json.loads(line) for line in probe.read_text().splitlines()]
     assert [(r["question"], r["answer"], r["step"]) for r in judged] == [(r["question"], r["answer"], 20) for r in rows]
@@ -117,6 +117,18 @@ def test_a_monitoring_runs_em_probe_answers_get_the_probes_trait_and_coherence_s
     after = probe.read_text()
     judge_recorded(tmp_path / "monitoring", judge)
     assert probe.read_text() == after and (probe.parent / EM_UNJUDGED).read_text() == before
+    # the fine-tune ran again in this folder and the probe appended judge-free answers to the judged ones
+    probe.write_text(after + before)
+    with pytest.raises(WsteerError, match="mixes answers judged here with new judge-free ones"):
+        judge_recorded(tmp_path / "monitoring", judge)
+    # judged, but the judge-free copy is gone; scored in the run (no judge-recorded mark): nothing to redo
+    probe.write_text(after)
+    (probe.parent / EM_UNJUDGED).unlink()
+    with pytest.raises(WsteerError, match="its judge-free copy .* is missing"):
+        judge_recorded(tmp_path / "monitoring", judge)
+    probe.write_text(json.dumps(rows[0] | {"trait": 3.0, "coherence": 90.0}) + "\n")
+    with pytest.raises(WsteerError, match="was scored during the run"):
+        judge_recorded(tmp_path / "monitoring", judge)
 
 
 @pytest.mark.parametrize("score,cons,policy,safe,asr", [

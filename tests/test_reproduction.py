@@ -316,9 +316,15 @@ def test_c6_reports_the_judged_em_probe_beside_judge_free_rates_with_intervals(t
     assert row[1:4] == ["2", "8", "6"] and row[4].startswith("60.0 ± ") and row[5] == "2/4"
     assert row[6].startswith("1.00 ± 0.00") and row[7].startswith("0.00 ± 0.00")  # rules: coherent, no refusal
     assert row[8].startswith("0.50 ± ")  # read: 2 of 4 answers per seed
-    # per seed and question, each side's usable scores: (90 + 70 + 20)/3 − (10 + 10 + 5)/3 = 51.7
-    assert "- judge: mean evil score (each side's usable scores): +51.7 [" in text
-    assert "- read blind: misaligned rate: +0.50 [" in text
+    # by question (mean over seeds), on the questions both sides scored (q0, q1): (90 + 70)/2 − (10 + 10)/2
+    assert "- judge: mean evil score, on the 2 questions both sides have a usable score for: +70.0 [" in text
+    assert "- read blind: misaligned rate: +0.50 [" in text  # q0 and q1 read misaligned at both seeds
     assert "τ_bad_advice − τ_control, evil_mcq/evil_rate (paired items, seeds 0, 1): +0.300" in text
     assert "τ_bad_advice − θ, evil_mcq/evil_rate (paired items, seeds 0, 1): +0.400" in text  # θ pairs with each seed
     assert "τ_control − θ, evil_mcq/evil_rate (paired items, seeds 0, 1): +0.100" in text
+    # a fine-tune with fewer seeds pairs only the seeds both have (θ's one run is the only one reused)
+    del raw["evals"]["control"]["1"]
+    (tmp_path / "monitoring.json").write_text(json.dumps(raw))
+    text = "\n".join(em_lines(load(tmp_path / "monitoring.json")))
+    assert "τ_bad_advice − τ_control, evil_mcq/evil_rate (paired items, seeds 0): +0.300" in text
+    assert "τ_control − θ, evil_mcq/evil_rate (paired items, seeds 0): +0.100" in text

@@ -72,7 +72,8 @@ def _em_section(probes: dict, out: Path) -> str:
     else:
         lines += ["Unjudged (judge=none): every checkpoint's answers are in `<fine-tune>/em_probe.jsonl`; score them "
                   "after the run with `python -m wsteer.reproduction judge-recorded <this run's folder> --override "
-                  "judge=openai` (or run with judge=openai)."]
+                  "judge=openai` (a run with judge=openai scores them in the run, but also filters the vectors' data "
+                  "with that judge)."]
     lines += ["", "Answers at the last checkpoint:", ""]
     finals = {n: p.last_answers for n, p in probes.items()}
     questions = next(iter(probes.values())).questions

@@ -225,8 +225,6 @@ def c4_checks(exp: Experiment) -> list[Check]:
     return out
 
 
-
-
 def _cot_check(exp: Experiment, kw: float | None) -> Estimate | None:
     if kw is None or ("weight", kw) not in exp.rows:
         return None

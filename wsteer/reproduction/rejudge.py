@@ -96,6 +96,9 @@ def _judge_free(path: Path, keep: str) -> list[dict]:
     current = path.read_text(encoding="utf-8")
     records = [json.loads(line) for line in current.splitlines() if line.strip()]
     if any(r.get("judge") for r in records):  # judged here before: start again from the judge-free answers
+        if not (path.parent / keep).is_file():
+            raise WsteerError(f"{path} was judged, but its judge-free copy {path.parent / keep} is missing; "
+                              "restore it (or rerun the job) to judge again")
         return [json.loads(line) for line in (path.parent / keep).read_text(encoding="utf-8").splitlines()
                 if line.strip()]
     write_text(path.parent / keep, current)
@@ -107,6 +110,14 @@ def judge_em_probe(path: Path, judge) -> tuple[int, int]:
     each answer to an EM first-plot question (paper §5); returns (answers, unusable verdicts)."""
     from wsteer.recipes.monitoring import behavior_from_conf
 
+    recorded = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    judged = [bool(r.get("judge")) for r in recorded]
+    if any(judged) and not all(judged):  # every probe answer is judged here, so the probe appended a rerun's
+        raise WsteerError(f"{path} mixes answers judged here with new judge-free ones (the fine-tune ran again in "
+                          f"the same folder); rerun it in a fresh folder, or delete the judged lines and {EM_UNJUDGED}")
+    if any(r.get("trait") is not None and not r.get("judge") for r in recorded):
+        raise WsteerError(f"{path} was scored during the run (a scoring judge); judge-recorded scores answers "
+                          "recorded with judge=none: leave this run's scores, or rerun it with judge=none")
     rows = _judge_free(path, EM_UNJUDGED)
     if not rows:
         return 0, 0
