@@ -52,7 +52,7 @@ def test_monitoring_experiment_writes_heatmaps_curves_and_em_answers_per_checkpo
     assert set(em) == {"bad_advice", "control"} and [r["step"] for r in em["bad_advice"]] == [4] * 8
     assert all(r["trait"] is None and r["answer"] == p["answer"] for r, p in zip(em["control"], probe[8:], strict=True))
     from wsteer.recipes import evaluate as evaluate_recipe
-    from wsteer.reproduction.monitoring import em_lines
+    from wsteer.reproduction.em import em_lines
 
     runs = []
     for ft in ("bad_advice", "control"):

@@ -293,7 +293,8 @@ def test_c5_on_a_refusing_base_checks_the_premise_then_weights_against_the_task_
 
 
 def test_c6_reports_the_judged_em_probe_beside_judge_free_rates_with_intervals(tmp_path):
-    from wsteer.reproduction.monitoring import FORMAT, em_lines
+    from wsteer.reproduction.em import em_lines
+    from wsteer.reproduction.monitoring import FORMAT
 
     judge = {"name": "openai", "model": "m", "version": "1"}
 

@@ -3,6 +3,8 @@
 - `data.py`: export a finished `steer.py` multirun to a small JSON of per-seed, per-k, per-item scores; load it.
 - `claims.py`: each claim of the paper as paired differences with the sign the paper predicts, and the verdict;
   `commands.py`: the committed commands that ran each experiment.
+- `monitoring.py`: C6's results across training seeds (cosines, curves, EM answers); `em.py`: its emergent-
+  misalignment table.
 - `report.py`: the document, its figures and the README's verdict table, regenerated from the JSON alone.
 - `rejudge.py`: score recorded answers with a judge after the run (`judge-recorded`); `judge_check.py`: what a judge
   can tell, on hand-labelled cases (`judge-check`).

@@ -13,6 +13,7 @@ from wsteer.errors import WsteerError
 from wsteer.reproduction import monitoring
 from wsteer.reproduction.claims import CLAIMS, PENDING, Check, Claim, verdict
 from wsteer.reproduction.data import Experiment, load, merge
+from wsteer.reproduction.em import em_lines
 from wsteer.reproduction.judge_check import report_lines as judge_check_lines
 from wsteer.reproduction.monitoring import Monitoring
 
@@ -126,7 +127,7 @@ def claim_section(claim: Claim, exp: Experiment | None, checks: list[Check], v: 
         lines.append(f"| {c.label} | {c.want} | {d} | {c.status} |")
     lines.append("")
     if isinstance(exp, Monitoring):
-        lines += monitoring.em_lines(exp)
+        lines += em_lines(exp)
     if claim.figure and (isinstance(exp, Monitoring) or set(claim.figure["methods"]) & set(exp.methods())):
         path = fig_dir / f"{claim.cid.lower()}_{claim.experiment}.png"
         if figures:
