@@ -6,6 +6,7 @@
 - `monitoring.py`: C6's results across training seeds (cosines, curves, EM answers); `em.py`: its emergent-
   misalignment table.
 - `report.py`: the document, its figures and the README's verdict table, regenerated from the JSON alone.
+- `runs.py`: read one finished evaluate.py run (used by `data.export_runs` and the C6 export).
 - `rejudge.py`: score recorded answers with a judge after the run (`judge-recorded`); `judge_check.py`: what a judge
   can tell, on hand-labelled cases (`judge-check`).
 

@@ -16,12 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from wsteer.artifacts import git_commit, write_json
 from wsteer.errors import WsteerError
 from wsteer.evaluation.uncertainty import Estimate, paired_seed_difference, seed_estimate
 from wsteer.reproduction import monitoring
+from wsteer.reproduction.runs import read_run
 
 FORMAT = 1
 NOT_SCORED = "-"  # an item this setting did not score (null is a scored item where the metric is undefined)
@@ -145,20 +144,11 @@ def export_runs(runs: dict[str, str | Path], out: str | Path, name: str, metrics
                 notes: str = "", code_commit: str | None = None, wall_s: float | None = None) -> Path:
     """Like `export`, for single `evaluate.py` runs that a sweep's (method, k) cannot tell apart (a base model and
     its task fine-tune, both unsteered): each run becomes the row `(label, k = 0)` of its seed."""
-    from wsteer.recipes.sweep_report import items_by_k
-
     entries, ends = [], []
     for label, run in runs.items():
-        run = Path(run)
-        if not (run / "eval_items.jsonl").is_file() or not (run / ".hydra" / "config.yaml").is_file():
-            raise WsteerError(f"{run} is not a finished evaluate.py run (no eval_items.jsonl or .hydra/config.yaml)")
-        by_metric = items_by_k(run / "eval_items.jsonl").get(0.0, {})
-        missing = [m for m in metrics if m not in by_metric]
-        if missing:
-            raise WsteerError(f"{run}: metrics {missing} were not measured at k = 0; measured: {sorted(by_metric)}")
-        seed = int(OmegaConf.load(run / ".hydra" / "config.yaml").get("seed", 0))
-        entries.append((label, 0.0, seed, by_metric))
-        ends.append((run / "eval_items.jsonl").stat().st_mtime)
+        cfg, by_metric = read_run(run, metrics)
+        entries.append((label, 0.0, int(cfg.get("seed", 0)), by_metric))
+        ends.append((Path(run) / "eval_items.jsonl").stat().st_mtime)
     return _write(out, name, entries, metrics, commands, notes, code_commit, wall_s, max(ends))
 
 

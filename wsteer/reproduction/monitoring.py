@@ -136,18 +136,14 @@ def _evals(runs: list[tuple[str, Path]], finetunes: set[str],
     """Judge-free evaluations of θ (label `base`, no adapter) and of the fine-tuned models (label = the fine-tune,
     `evaluate.py base_adapter=<job>/<fine-tune>/adapter/task seed=<its training seed>`), by label and seed:
     `{label: {seed: {metric: {item id: score}}}}`. The label and seed are checked against the adapter's own job."""
-    from wsteer.recipes.sweep_report import items_by_k
+    from wsteer.reproduction.runs import read_run
 
     out: dict[str, dict[str, dict]] = {}
     for label, run in runs:
-        run = Path(run)
         if label not in finetunes | {"base"}:
             raise WsteerError(f"--eval {label}={run}: the label is `base` (θ) or a fine-tune of this sweep: "
                               f"{sorted(finetunes)}")
-        if not (run / "eval_items.jsonl").is_file() or not (run / ".hydra" / "config.yaml").is_file():
-            raise WsteerError(f"--eval {label}={run}: not a finished evaluate.py run (no eval_items.jsonl or "
-                              ".hydra/config.yaml)")
-        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+        cfg, scores = read_run(run, metrics)
         seed, adapter = str(int(cfg.get("seed", 0))), cfg.get("base_adapter")
         if (label == "base") != (adapter is None):
             raise WsteerError(f"--eval {label}={run}: base_adapter={adapter}; `base` is θ without an adapter, a "
@@ -161,12 +157,7 @@ def _evals(runs: list[tuple[str, Path]], finetunes: set[str],
                                   f"{got[1]}, but the run says {label!r}, seed={seed}")
         if seed in out.get(label, {}):
             raise WsteerError(f"--eval {label}: two runs with seed {seed}; give each (label, seed) once")
-        measured = items_by_k(run / "eval_items.jsonl").get(0.0, {})
-        missing = [m for m in metrics if m not in measured]
-        if missing:
-            raise WsteerError(f"--eval {label}={run}: {missing} not measured at k = 0 (run evaluate.py with "
-                              f"'evaluator=[evil_mcq]'); measured: {sorted(measured)}")
-        out.setdefault(label, {})[seed] = {m: measured[m] for m in metrics}
+        out.setdefault(label, {})[seed] = scores
     return out
 
 

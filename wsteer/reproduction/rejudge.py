@@ -90,17 +90,19 @@ def apply_verdict(record: dict, rubric: str, score: float | None, judge_desc: di
                   "mean_policy_score": None if p is None else float(p)})
 
 
-def _judge_free(path: Path, keep: str) -> list[dict]:
-    """The judge-free records of a recorded-answers file: the file itself on a first pass (or after the job ran
-    again, which writes judge-free records), kept as `keep` beside it; on a later pass that kept copy."""
-    current = path.read_text(encoding="utf-8")
-    records = [json.loads(line) for line in current.splitlines() if line.strip()]
+def _records(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _judge_free(path: Path, keep: str, current: str) -> list[dict]:
+    """The judge-free records of a recorded-answers file (`current`, its text): the file itself on a first pass (or
+    after the job ran again, which writes judge-free records), kept as `keep` beside it; later, that kept copy."""
+    records = _records(current)
     if any(r.get("judge") for r in records):  # judged here before: start again from the judge-free answers
         if not (path.parent / keep).is_file():
             raise WsteerError(f"{path} was judged, but its judge-free copy {path.parent / keep} is missing; "
                               "restore it (or rerun the job) to judge again")
-        return [json.loads(line) for line in (path.parent / keep).read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+        return _records((path.parent / keep).read_text(encoding="utf-8"))
     write_text(path.parent / keep, current)
     return records
 
@@ -110,7 +112,8 @@ def judge_em_probe(path: Path, judge) -> tuple[int, int]:
     each answer to an EM first-plot question (paper §5); returns (answers, unusable verdicts)."""
     from wsteer.recipes.monitoring import behavior_from_conf
 
-    recorded = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    current = path.read_text(encoding="utf-8")
+    recorded = _records(current)
     judged = [bool(r.get("judge")) for r in recorded]
     if any(judged) and not all(judged):  # every probe answer is judged here, so the probe appended a rerun's
         raise WsteerError(f"{path} mixes answers judged here with new judge-free ones (the fine-tune ran again in "
@@ -118,7 +121,7 @@ def judge_em_probe(path: Path, judge) -> tuple[int, int]:
     if any(r.get("trait") is not None and not r.get("judge") for r in recorded):
         raise WsteerError(f"{path} was scored during the run (a scoring judge); judge-recorded scores answers "
                           "recorded with judge=none: leave this run's scores, or rerun it with judge=none")
-    rows = _judge_free(path, EM_UNJUDGED)
+    rows = _judge_free(path, EM_UNJUDGED, current)
     if not rows:
         return 0, 0
     evil = behavior_from_conf("evil")
@@ -148,7 +151,7 @@ def judge_recorded(sweep_dir: str | Path, judge) -> dict[str, int]:
         cfg_file = job / ".hydra" / "config.yaml"
         if not cfg_file.is_file():
             continue
-        records = _judge_free(job / "eval_items.jsonl", UNJUDGED)
+        records = _judge_free(job / "eval_items.jsonl", UNJUDGED, (job / "eval_items.jsonl").read_text(encoding="utf-8"))
         todo, unmatched = _items_to_judge(OmegaConf.load(cfg_file), records)
         counts["unmatched"] += unmatched
         if not todo:
